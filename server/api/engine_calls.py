@@ -1,0 +1,159 @@
+"""How API modules hand a request to the engine and read its results, in one place.
+
+Translates engine conditions (queue full, not ready, failed generation) into `ApiError`s that each
+dialect renders in its own shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.api.errors import ApiError
+from server.engine.detokenize import IncrementalDetokenizer, find_stop
+from server.engine.params import InvalidParams, build_params
+from server.engine.request import (
+    FinishEvent,
+    FinishReason,
+    GenerationParams,
+    GenerationRequest,
+    SequenceResult,
+    StreamError,
+    TokenEvent,
+    collect,
+)
+from server.engine.scheduler import EngineUnavailable, QueueFull
+from server.engine.service import Engine
+
+
+def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
+                defaults: dict[str, Any] | None = None) -> GenerationParams:
+    if engine.limits is None:
+        raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
+    try:
+        return build_params(kwargs, prompt_tokens, engine.limits, defaults)
+    except InvalidParams as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def new_request(engine: Engine, input_ids: list[int], params: GenerationParams) -> GenerationRequest:
+    import time
+
+    deadline = time.monotonic() + engine.settings.request_timeout_s
+    return GenerationRequest(input_ids=input_ids, params=params, deadline=deadline)
+
+
+def submit(engine: Engine, request: GenerationRequest) -> None:
+    try:
+        engine.submit(request)
+    except QueueFull as exc:
+        raise ApiError(503, f"server is overloaded: {exc}; retry later", kind="overloaded",
+                       headers={"Retry-After": "1"}) from None
+    except EngineUnavailable as exc:
+        raise ApiError(503, str(exc), kind="unavailable", headers={"Retry-After": "5"}) from None
+
+
+def _wait_limit(engine: Engine) -> float:
+    return engine.settings.request_timeout_s + 30.0
+
+
+def run(engine: Engine, request: GenerationRequest) -> list[SequenceResult]:
+    """Submit and wait for every sequence; map engine failures to ApiError."""
+    submit(engine, request)
+    try:
+        return collect(request, timeout=_wait_limit(engine))
+    except StreamError as exc:
+        raise _stream_error(exc) from None
+    finally:
+        request.stream.cancel()  # no-op when finished; frees the slot when we bail out
+
+
+def _stream_error(exc: StreamError) -> ApiError:
+    if exc.client_error:
+        return ApiError(400, str(exc))
+    return ApiError(500, str(exc), kind="server_error")
+
+
+@dataclass
+class TextDelta:
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class _SeqText:
+    detok: IncrementalDetokenizer
+    emitted: int = 0  # characters already sent
+    stopped: bool = False
+    held: list[int] = field(default_factory=list)
+
+
+def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens: bool = True,
+                clean_up_tokenization_spaces: bool = False, strip_stop: bool = True) -> Iterator[TextDelta]:
+    """Submit, then yield text deltas per sequence; the last delta of each carries finish_reason.
+
+    With `strip_stop`, stop strings are cut from the text (never sent), and text that could be the
+    start of a stop string is held back until it is known not to be; without it, the text ends with
+    the stop string, as transformers' `stop_strings` leave it. Cancels the request if the caller
+    goes away.
+    """
+    submit(engine, request)
+    stops = request.params.stop if strip_stop else ()
+    hold = max((len(s) for s in stops), default=1) - 1
+    seqs = [_SeqText(IncrementalDetokenizer(engine.tokenizer, skip_special_tokens,
+                                            clean_up_tokenization_spaces))
+            for _ in range(request.params.num_return_sequences)]
+    try:
+        for event in request.stream.events(timeout=_wait_limit(engine)):
+            seq = seqs[event.index]
+            if isinstance(event, TokenEvent):
+                if seq.stopped:
+                    continue
+                if not event.token_ids:  # logprobs only
+                    yield TextDelta(event.index, "", [], event.logprobs, event.top_logprobs)
+                    continue
+                seq.detok.add(event.token_ids)
+                text = seq.detok.text
+                cut = find_stop(text, stops, max(0, seq.emitted - hold)) if stops else -1
+                if cut != -1:
+                    seq.stopped = True
+                    end = cut
+                else:
+                    end = max(seq.emitted, len(text) - hold) if stops else len(text)
+                delta = text[seq.emitted:end]
+                seq.emitted = max(seq.emitted, end)
+                yield TextDelta(event.index, delta, event.token_ids, event.logprobs, event.top_logprobs)
+            elif isinstance(event, FinishEvent):
+                tail = ""
+                if not seq.stopped:
+                    seq.detok.flush()
+                    text = seq.detok.text
+                    cut = find_stop(text, stops, max(0, seq.emitted - hold)) if stops else -1
+                    end = cut if cut != -1 else len(text)
+                    tail = text[seq.emitted:end]
+                    seq.emitted = end
+                    reason = "stop" if cut != -1 else event.reason
+                else:
+                    reason = "stop" if event.reason != "cancelled" else event.reason
+                yield TextDelta(event.index, tail, [], finish_reason=reason)
+    except StreamError as exc:
+        raise _stream_error(exc) from None
+    finally:
+        request.stream.cancel()
+
+
+def final_text(engine: Engine, result: SequenceResult, stops: tuple[str, ...],
+               skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool = False) -> tuple[str, str]:
+    """Decoded text of a finished sequence with any stop string cut off, and its finish reason."""
+    text = engine.decode(result.token_ids, skip_special_tokens, clean_up_tokenization_spaces)
+    reason = result.finish_reason or "length"
+    cut = find_stop(text, stops) if stops else -1
+    if cut != -1:
+        text, reason = text[:cut], "stop"
+    return text, reason

@@ -1,0 +1,48 @@
+"""Client-facing errors. Each dialect renders an `ApiError` in its own JSON shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+        self.headers = headers or {}
+
+
+def read_json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or an ApiError (400/413/415) saying what is wrong."""
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise ApiError(413, f"request body is larger than {request.max_content_length} bytes",
+                       kind="request_too_large") from None
+    if not raw:
+        raise ApiError(400, "request body is empty; send a JSON object")
+    try:
+        import json
+
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def pydantic_message(exc: Any) -> str:
+    """One readable line from a pydantic ValidationError."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,64 @@
+"""Application factory: the Flask app, its dialect blueprints, and the engine they share."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from server.config import Settings, load_settings
+from server.engine.service import Engine
+from server.observability import access_log, metrics
+
+log = logging.getLogger("inferbox")
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None,
+               load_model: bool = True) -> Flask:
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ignored = os.environ.get("_INFERBOX_IGNORED_FLAGS")
+    if ignored:
+        log.warning("ignoring command-line flags this server does not use: %s", ignored)
+
+    app = Flask("inferbox")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+
+    engine = engine or Engine(settings)
+    app.extensions["inferbox.engine"] = engine
+    app.extensions["inferbox.settings"] = settings
+
+    from server.api import kaito
+
+    app.register_blueprint(kaito.bp)
+    access_log.install(app)
+    _install_error_handlers(app)
+
+    metrics.QUEUE_DEPTH.set_function(lambda: engine.scheduler.queue_depth if engine.scheduler else 0)
+    metrics.BATCH_SIZE.set_function(lambda: engine.scheduler.running if engine.scheduler else 0)
+
+    if load_model and engine.loaded is None:
+        engine.start(background=True)
+    return app
+
+
+def _install_error_handlers(app: Flask) -> None:
+    """Errors outside any dialect's routes (404, 405, 413, crashes) as JSON, never HTML."""
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        resp = jsonify({"detail": exc.description, "error": exc.name})
+        resp.status_code = exc.code or 500
+        return resp
+
+    @app.errorhandler(Exception)
+    def _crash(exc: Exception) -> Response:
+        log.exception("unhandled error: %s", type(exc).__name__)
+        resp = jsonify({"detail": "internal server error", "error": "Internal Server Error"})
+        resp.status_code = 500
+        return resp

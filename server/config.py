@@ -1,0 +1,190 @@
+"""One frozen settings object, built from defaults < preset < environment.
+
+Kaito-style command-line flags (`python -m server --torch_dtype ...`) are translated into the same
+environment variables before gunicorn starts, so the worker reads one source of truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from server.presets import Preset, load_preset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PRESET = "smollm2-135m-instruct"
+DEFAULT_MODEL_PATH = str(REPO_ROOT / "models" / DEFAULT_PRESET)
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment. See the README's table."""
+
+    model_path: str = DEFAULT_MODEL_PATH
+    preset: str | None = None
+    served_model_name: str = DEFAULT_PRESET
+    torch_dtype: str = "auto"
+    device_map: str = "auto"
+    max_memory: dict[str, str] = field(default_factory=dict)
+    chat_template: str | None = None
+    pipeline: str = "text-generation"
+    allow_remote_files: bool = False
+    trust_remote_code: bool = False
+    context_length: int | None = None
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    host: str = "0.0.0.0"
+    port: int = 5000
+    threads: int = 64
+    graceful_timeout: int = 30
+    max_body_bytes: int = 1_048_576
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    batch_window_ms: float = 5.0
+    max_queued_requests: int = 256
+    request_timeout_s: float = 600.0
+    torch_threads: int = 0
+    log_level: str = "info"
+
+
+# env var -> (settings field, parser)
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {value!r}")
+
+
+def _max_memory(value: str) -> dict[str, str]:
+    """`0=20GiB,1=20GiB,cpu=64GiB` -> {"0": "20GiB", ...} (accelerate's max_memory)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, size = part.partition("=")
+        if not sep or not key.strip() or not size.strip():
+            raise ConfigError(f"MAX_MEMORY entries look like 0=20GiB,cpu=64GiB; got {part!r}")
+        out[key.strip()] = size.strip()
+    return out
+
+
+ENV_VARS: dict[str, tuple[str, Any]] = {
+    "MODEL_PATH": ("model_path", str),
+    "SERVED_MODEL_NAME": ("served_model_name", str),
+    "TORCH_DTYPE": ("torch_dtype", str),
+    "DEVICE_MAP": ("device_map", str),
+    "MAX_MEMORY": ("max_memory", _max_memory),
+    "CHAT_TEMPLATE": ("chat_template", str),
+    "PIPELINE": ("pipeline", str),
+    "ALLOW_REMOTE_FILES": ("allow_remote_files", _bool),
+    "TRUST_REMOTE_CODE": ("trust_remote_code", _bool),
+    "CONTEXT_LENGTH": ("context_length", int),
+    "HOST": ("host", str),
+    "PORT": ("port", int),
+    "THREADS": ("threads", int),
+    "GRACEFUL_TIMEOUT": ("graceful_timeout", int),
+    "MAX_BODY_BYTES": ("max_body_bytes", int),
+    "MAX_BATCH_SIZE": ("max_batch_size", int),
+    "MAX_BATCH_TOKENS": ("max_batch_tokens", int),
+    "BATCH_WINDOW_MS": ("batch_window_ms", float),
+    "MAX_QUEUED_REQUESTS": ("max_queued_requests", int),
+    "REQUEST_TIMEOUT_S": ("request_timeout_s", float),
+    "TORCH_THREADS": ("torch_threads", int),
+    "LOG_LEVEL": ("log_level", str),
+}
+
+
+def _from_preset(preset: Preset) -> dict[str, Any]:
+    return {
+        "preset": preset.name,
+        "served_model_name": preset.name,
+        "torch_dtype": preset.dtype,
+        "chat_template": preset.chat_template,
+        "context_length": preset.context_length,
+        "generation_defaults": dict(preset.generation),
+        "trust_remote_code": preset.trust_remote_code,
+    }
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    preset_name = env.get("PRESET") or None
+    if preset_name:
+        values.update(_from_preset(load_preset(preset_name)))
+    for var, (name, parse) in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r}: {exc}") from exc
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if s.torch_dtype not in DTYPES:
+        raise ConfigError(f"TORCH_DTYPE must be one of {', '.join(DTYPES)}; got {s.torch_dtype!r}")
+    if s.device_map not in DEVICE_MAPS:
+        raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
+    if s.pipeline not in ("text-generation", "conversational"):
+        raise ConfigError(f"PIPELINE must be text-generation or conversational; got {s.pipeline!r}")
+    for name in ("threads", "max_batch_size", "max_batch_tokens", "max_body_bytes", "max_queued_requests"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
+
+
+# Kaito's transformers runtime flags (inference_api.py), mapped onto our environment variables.
+KAITO_FLAGS: dict[str, str] = {
+    "pretrained_model_name_or_path": "MODEL_PATH",
+    "torch_dtype": "TORCH_DTYPE",
+    "device_map": "DEVICE_MAP",
+    "pipeline": "PIPELINE",
+    "chat_template": "CHAT_TEMPLATE",
+    "max_memory": "MAX_MEMORY",
+    "preset": "PRESET",
+    "served_model_name": "SERVED_MODEL_NAME",
+    "port": "PORT",
+}
+KAITO_SWITCHES: dict[str, str] = {
+    "allow_remote_files": "ALLOW_REMOTE_FILES",
+    "trust_remote_code": "TRUST_REMOTE_CODE",
+}
+
+
+def flags_to_env(argv: list[str]) -> dict[str, str]:
+    """Parse Kaito-style flags; unknown flags (Kaito has many tuning knobs) are ignored with a note."""
+    parser = argparse.ArgumentParser(prog="python -m server", description="Start the inferbox server.")
+    for flag in KAITO_FLAGS:
+        parser.add_argument(f"--{flag}", dest=flag, default=None)
+    for flag in KAITO_SWITCHES:
+        parser.add_argument(f"--{flag}", dest=flag, action="store_true", default=None)
+    args, unknown = parser.parse_known_args(argv)
+    env: dict[str, str] = {}
+    for flag, var in KAITO_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            env[var] = value
+    for flag, var in KAITO_SWITCHES.items():
+        if getattr(args, flag):
+            env[var] = "true"
+    if unknown:
+        env["_INFERBOX_IGNORED_FLAGS"] = " ".join(unknown)
+    return env
+
+
+def settings_fields() -> list[str]:
+    return [f.name for f in fields(Settings)]

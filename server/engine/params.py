@@ -1,0 +1,227 @@
+"""Turn a dictionary of Hugging Face `generate` keyword arguments into `GenerationParams`.
+
+Every dialect maps its own fields onto `generate` names and calls `build_params`, so validation
+(unknown keys, types, ranges, length limits) lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from transformers import GenerationConfig
+
+from server.engine.request import GenerationParams
+
+# Options a remote client may not set: internal bookkeeping, Python objects, or assisted decoding
+# that needs a second model.
+FORBIDDEN = {
+    "_from_model_config", "transformers_version", "compile_config", "continuous_batching_config",
+    "constraints", "force_words_ids", "cache_config", "is_assistant", "num_assistant_tokens",
+    "num_assistant_tokens_schedule", "assistant_confidence_threshold", "prompt_lookup_num_tokens",
+    "max_matching_ngram_size", "assistant_early_exit", "assistant_lookbehind", "target_lookbehind",
+    "assistant_ensemble_weight", "speculation_type", "use_mtp", "disable_compile",
+    "prefill_chunk_size", "cache_implementation", "max_cache_len", "decoder_start_token_id",
+    "token_healing", "guidance_scale", "low_memory",
+}
+ALLOWED = (set(GenerationConfig().to_dict()) - FORBIDDEN) | {"seed", "stop", "logprobs", "top_logprobs"}
+
+MAX_BEAMS = 16
+MAX_SEQUENCES = 16
+
+
+class InvalidParams(ValueError):
+    """A client error in generation parameters; the message names the offending field."""
+
+
+class _Typed(BaseModel):
+    """Types and ranges of the options we interpret; any other allowed key passes through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    max_length: StrictInt | None = Field(None, ge=1)
+    max_new_tokens: StrictInt | None = Field(None, ge=1)
+    min_length: StrictInt | None = Field(None, ge=0)
+    min_new_tokens: StrictInt | None = Field(None, ge=0)
+    do_sample: StrictBool | None = None
+    early_stopping: StrictBool | str | None = None
+    num_beams: StrictInt | None = Field(None, ge=1, le=MAX_BEAMS)
+    num_beam_groups: StrictInt | None = Field(None, ge=1, le=MAX_BEAMS)
+    num_return_sequences: StrictInt | None = Field(None, ge=1, le=MAX_SEQUENCES)
+    temperature: float | None = Field(None, ge=0)
+    top_k: StrictInt | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    typical_p: float | None = Field(None, gt=0, le=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    length_penalty: float | None = None
+    no_repeat_ngram_size: StrictInt | None = Field(None, ge=0)
+    diversity_penalty: float | None = Field(None, ge=0)
+    max_time: float | None = Field(None, gt=0)
+    eos_token_id: StrictInt | list[StrictInt] | None = None
+    pad_token_id: StrictInt | None = None
+    bos_token_id: StrictInt | None = None
+    stop_strings: str | list[str] | None = None
+    stop: str | list[str] | None = None
+    bad_words_ids: list[list[StrictInt]] | None = None
+    suppress_tokens: list[StrictInt] | None = None
+    begin_suppress_tokens: list[StrictInt] | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    use_cache: StrictBool | None = None
+    output_scores: StrictBool | None = None
+    output_logits: StrictBool | None = None
+    return_dict_in_generate: StrictBool | None = None
+    output_attentions: StrictBool | None = None
+    output_hidden_states: StrictBool | None = None
+    renormalize_logits: StrictBool | None = None
+    remove_invalid_values: StrictBool | None = None
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What `build_params` needs to know about the served model."""
+
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    vocab_size: int
+    generation_defaults: dict[str, Any]  # the model's generation_config.json, then the preset's
+
+
+# The options GenerationParams names explicitly; the rest go to `extra`.
+_NAMED = {
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature",
+    "top_k", "top_p", "typical_p", "min_p", "repetition_penalty", "no_repeat_ngram_size",
+    "eos_token_id", "pad_token_id", "stop_strings", "stop", "seed", "num_return_sequences",
+    "logprobs", "top_logprobs", "bos_token_id",
+    # these only shape generate's return value, which the engine always asks for itself
+    "output_scores", "output_logits", "return_dict_in_generate", "output_attentions",
+    "output_hidden_states", "use_cache",
+}
+
+
+def _format_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def build_params(
+    client: dict[str, Any],
+    prompt_tokens: int,
+    limits: ModelLimits,
+    dialect_defaults: dict[str, Any] | None = None,
+) -> GenerationParams:
+    """Merge model defaults < dialect defaults < the client's values, then validate."""
+    if not isinstance(client, dict):
+        raise InvalidParams("generate_kwargs must be a JSON object")
+    unknown = sorted(k for k in client if k not in ALLOWED)
+    if unknown:
+        raise InvalidParams(
+            f"unknown or unsupported generate_kwargs key(s): {', '.join(unknown)}"
+        )
+    try:
+        _Typed.model_validate(client)
+    except ValidationError as exc:
+        raise InvalidParams(f"invalid generate_kwargs: {_format_error(exc)}") from None
+
+    merged: dict[str, Any] = {}
+    merged.update({k: v for k, v in limits.generation_defaults.items() if k in ALLOWED})
+    merged.update(dialect_defaults or {})
+    merged.update(client)
+    for key in ("eos_token_id", "pad_token_id"):
+        if merged.get(key) is None:
+            merged.pop(key, None)
+
+    # lengths: the client's max_new_tokens wins over any max_length (as in transformers)
+    if client.get("max_new_tokens") is not None or (
+        "max_new_tokens" in merged and client.get("max_length") is None
+    ):
+        max_new = int(merged["max_new_tokens"])
+    elif merged.get("max_length") is not None:
+        max_new = int(merged["max_length"]) - prompt_tokens
+        if max_new < 1:
+            raise InvalidParams(
+                f"the prompt is {prompt_tokens} tokens but max_length is {merged['max_length']}; "
+                "raise max_length or set max_new_tokens"
+            )
+    else:
+        max_new = 256
+    if prompt_tokens + max_new > limits.context_length:
+        raise InvalidParams(
+            f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new}) exceeds the model's "
+            f"context length of {limits.context_length} tokens"
+        )
+    if merged.get("min_new_tokens") is not None and (client.get("min_new_tokens") is not None
+                                                     or client.get("min_length") is None):
+        min_new = int(merged["min_new_tokens"])
+    else:
+        min_new = max(0, int(merged.get("min_length") or 0) - prompt_tokens)
+    min_new = min(min_new, max_new)
+
+    temperature = float(merged.get("temperature", 1.0) if merged.get("temperature") is not None else 1.0)
+    do_sample = bool(merged.get("do_sample", False))
+    if temperature == 0.0:  # the common convention for greedy decoding
+        do_sample, temperature = False, 1.0
+
+    eos = merged.get("eos_token_id")
+    eos_ids = tuple(eos if isinstance(eos, list) else [eos]) if eos is not None else limits.eos_token_ids
+    for tid in (*eos_ids, merged.get("pad_token_id", limits.pad_token_id)):
+        if not 0 <= int(tid) < limits.vocab_size:
+            raise InvalidParams(f"token id {tid} is outside the vocabulary (size {limits.vocab_size})")
+
+    stop: list[str] = []
+    for key in ("stop_strings", "stop"):
+        value = merged.get(key)
+        if value:
+            stop.extend([value] if isinstance(value, str) else value)
+    if any(not s for s in stop):
+        raise InvalidParams("stop strings must not be empty")
+
+    extra = {k: v for k, v in merged.items() if k not in _NAMED and v is not None}
+    params = GenerationParams(
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=int(merged.get("top_k") or 0),
+        top_p=float(merged.get("top_p") if merged.get("top_p") is not None else 1.0),
+        typical_p=float(merged.get("typical_p") if merged.get("typical_p") is not None else 1.0),
+        min_p=float(merged.get("min_p") or 0.0),
+        repetition_penalty=float(merged.get("repetition_penalty") or 1.0),
+        no_repeat_ngram_size=int(merged.get("no_repeat_ngram_size") or 0),
+        eos_token_ids=tuple(int(t) for t in eos_ids),
+        pad_token_id=int(merged.get("pad_token_id", limits.pad_token_id)),
+        stop=tuple(stop),
+        seed=merged.get("seed"),
+        num_return_sequences=int(merged.get("num_return_sequences") or 1),
+        logprobs=bool(merged.get("logprobs") or merged.get("top_logprobs")),
+        top_logprobs=int(merged.get("top_logprobs") or 0),
+        extra=tuple(sorted(extra.items(), key=lambda kv: kv[0])),
+    )
+    _check_with_transformers(params)
+    return params
+
+
+def _check_with_transformers(params: GenerationParams) -> None:
+    """Let transformers reject combinations it cannot run (e.g. beams < return sequences)."""
+    import warnings
+
+    kwargs = params.generate_kwargs()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = GenerationConfig(**kwargs)
+            config.validate()
+    except (ValueError, TypeError) as exc:
+        raise InvalidParams(f"invalid generate_kwargs: {exc}") from None
+    beams = int(kwargs.get("num_beams") or 1)
+    if not params.do_sample and params.num_return_sequences > beams:
+        raise InvalidParams(
+            "num_return_sequences > 1 needs do_sample=true or num_beams >= num_return_sequences"
+        )

@@ -1,0 +1,113 @@
+"""The engine as the API modules see it: load the model once, tokenize, submit requests.
+
+Loading happens on a background thread after gunicorn forks, so `/health` can answer 503 until the
+model is ready instead of the worker blocking its HTTP threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from server.config import Settings
+from server.engine.params import ModelLimits
+from server.engine.request import GenerationRequest
+from server.engine.runner import ModelRunner
+from server.engine.scheduler import EngineUnavailable, Scheduler
+from server.model import loader
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loaded: loader.LoadedModel | None = None
+        self.scheduler: Scheduler | None = None
+        self.limits: ModelLimits | None = None
+        self.load_error: str | None = None
+        self.draining = False
+        self._ready = threading.Event()
+
+    # lifecycle
+    def start(self, background: bool = True) -> None:
+        if background:
+            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            import torch
+
+            if self.settings.torch_threads > 0:
+                torch.set_num_threads(self.settings.torch_threads)
+            loaded = loader.load(self.settings)
+            defaults = {k: v for k, v in loaded.model.generation_config.to_diff_dict().items()
+                        if k not in ("transformers_version", "_from_model_config")}
+            defaults.update(self.settings.generation_defaults)
+            self.limits = ModelLimits(
+                context_length=loaded.context_length,
+                eos_token_ids=loaded.eos_token_ids,
+                pad_token_id=loaded.pad_token_id,
+                vocab_size=int(loaded.model.config.get_text_config().vocab_size),
+                generation_defaults=defaults,
+            )
+            s = self.settings
+            self.scheduler = Scheduler(
+                ModelRunner(loaded),
+                max_batch_size=s.max_batch_size,
+                window_s=s.batch_window_ms / 1000.0,
+                max_queued=s.max_queued_requests,
+            )
+            self.scheduler.start()
+            self.loaded = loaded
+            self._ready.set()
+        except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return self._ready.is_set() and self.scheduler is not None and self.scheduler.alive
+
+    def drain(self, timeout: float | None = None) -> None:
+        self.draining = True
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout)
+
+    # request path
+    def _require(self) -> loader.LoadedModel:
+        if self.loaded is None or self.draining:
+            raise EngineUnavailable("the model is not loaded yet" if not self.draining
+                                    else "the server is shutting down")
+        return self.loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._require().tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Apply the chat template with a generation prompt; raises ValueError for bad messages."""
+        tok = self.tokenizer
+        if not tok.chat_template:
+            raise ValueError("this model has no chat template; send `prompt` or set CHAT_TEMPLATE")
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+
+    def submit(self, request: GenerationRequest) -> None:
+        self._require()
+        assert self.scheduler is not None
+        self.scheduler.submit(request)

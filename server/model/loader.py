@@ -1,0 +1,147 @@
+"""Load a model and tokenizer once: a local Hugging Face folder (safetensors or bin) or a GGUF file.
+
+On CUDA, accelerate places (and shards) the model with `device_map` and optional `max_memory`; on a
+machine without a GPU the model is loaded on the CPU with no dispatch hooks, which is fastest there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from server.config import Settings
+from server.presets import PRESETS_DIR
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def resolve_dtype(name: str, cuda: bool, gguf: bool) -> torch.dtype | str:
+    if name in DTYPES:
+        return DTYPES[name]
+    # auto: the checkpoint's own dtype on GPU; float32 on CPU (half precision is slow or
+    # unsupported there) and for GGUF (dequantized weights).
+    if gguf or not cuda:
+        return torch.float32
+    return "auto"
+
+
+def resolve_device_map(s: Settings, cuda: bool) -> dict[str, Any]:
+    if not cuda or s.device_map == "cpu":
+        return {}
+    kwargs: dict[str, Any] = {"device_map": s.device_map}
+    if s.max_memory:
+        kwargs["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in s.max_memory.items()}
+    return kwargs
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """A chat template given as a file (absolute, relative, or under presets/) or inline Jinja."""
+    if not value:
+        return None
+    for candidate in (Path(value), PRESETS_DIR / value):
+        try:
+            if candidate.is_file():
+                return candidate.read_text()
+        except OSError:  # an inline template can be too long to be a file name
+            break
+    return value
+
+
+def split_gguf(path: str) -> tuple[str, str | None]:
+    p = Path(path)
+    if p.suffix == ".gguf":
+        return str(p.parent), p.name
+    return path, None
+
+
+def load(s: Settings) -> LoadedModel:
+    cuda = torch.cuda.is_available() and s.device_map != "cpu"
+    path, gguf = split_gguf(s.model_path)
+    local_only = not s.allow_remote_files
+    if local_only and not Path(path).exists():
+        raise ModelLoadError(
+            f"model path {path!r} does not exist; run `make model`, or set ALLOW_REMOTE_FILES=true "
+            "to download a hub id"
+        )
+    common: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": s.trust_remote_code}
+    if gguf:
+        common["gguf_file"] = gguf
+    dtype = resolve_dtype(s.torch_dtype, cuda, gguf is not None)
+    tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, **resolve_device_map(s, cuda), **common
+    )
+    if not cuda:
+        model.to("cpu")
+    model.eval()
+    template = read_chat_template(s.chat_template)
+    if template:
+        tokenizer.chat_template = template
+    tokenizer.padding_side = "left"
+    eos = _eos_ids(model, tokenizer)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(eos[0])
+    context = s.context_length or _context_length(model, tokenizer)
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=model.device,
+        dtype=model.dtype,
+        context_length=context,
+        eos_token_ids=eos,
+        pad_token_id=int(tokenizer.pad_token_id),
+    )
+    log.info(
+        "model loaded: %s params, dtype %s, device %s, context %d",
+        loaded.num_parameters, loaded.dtype, getattr(model, "hf_device_map", loaded.device), context,
+    )
+    return loaded
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if source is None:
+            continue
+        for i in source if isinstance(source, list) else [source]:
+            if int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ModelLoadError("the model defines no EOS token")
+    return tuple(ids)
+
+
+def _context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    if 0 < tokenizer.model_max_length < 1_000_000:
+        return int(tokenizer.model_max_length)
+    return 2048

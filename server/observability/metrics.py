@@ -1,0 +1,83 @@
+"""Metrics: Prometheus series (prometheus_client) and Kaito's JSON system metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+REGISTRY = CollectorRegistry()
+
+REQUESTS = Counter("inferbox_requests", "HTTP requests by endpoint and status",
+                   ["endpoint", "status"], registry=REGISTRY)
+TOKENS_IN = Counter("inferbox_prompt_tokens", "Prompt tokens processed", registry=REGISTRY)
+TOKENS_OUT = Counter("inferbox_generated_tokens", "Tokens generated", registry=REGISTRY)
+QUEUE_DEPTH = Gauge("inferbox_queue_depth", "Requests waiting for the engine", registry=REGISTRY)
+BATCH_SIZE = Gauge("inferbox_running_batch_size", "Requests in the running batch", registry=REGISTRY)
+ENGINE_PATH = Counter("inferbox_engine_path", "Engine steps or calls by path (batched or generate)",
+                      ["path"], registry=REGISTRY)
+LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
+                    registry=REGISTRY,
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+TTFT = Histogram("inferbox_time_to_first_token_seconds", "Time to first token", registry=REGISTRY,
+                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+
+
+def record_tokens(prompt_tokens: int, generated_tokens: int) -> None:
+    TOKENS_IN.inc(prompt_tokens)
+    TOKENS_OUT.inc(generated_tokens)
+
+
+def wants_prometheus(accept: str) -> bool:
+    """A Prometheus scraper asks for text/plain or OpenMetrics; browsers and Kaito's clients get JSON."""
+    accept = accept.lower()
+    return "application/openmetrics-text" in accept or (
+        "text/plain" in accept and "application/json" not in accept.split(",")[0]
+    )
+
+
+def prometheus_exposition(accept: str) -> tuple[bytes, str]:
+    encoder, content_type = choose_encoder(accept)
+    return encoder(REGISTRY), content_type
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1024**3:.2f} GB"
+
+
+def kaito_system_metrics() -> dict[str, Any]:
+    """Kaito's `/metrics` JSON: GPU info when CUDA is available, CPU info otherwise."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            try:
+                load = f"{torch.cuda.utilization(i):.2f}%"
+            except Exception:  # needs pynvml; report unknown rather than fail
+                load = "unknown"
+            try:
+                temp = f"{torch.cuda.temperature(i)} C"
+            except Exception:
+                temp = "unknown"
+            gpus.append({
+                "id": str(i),
+                "name": torch.cuda.get_device_name(i),
+                "load": load,
+                "temperature": temp,
+                "memory": {"used": _gb(total - free), "total": _gb(total)},
+            })
+        return {"gpu_info": gpus, "cpu_info": None}
+    mem = psutil.virtual_memory()
+    return {
+        "gpu_info": None,
+        "cpu_info": {
+            "load_percentage": psutil.cpu_percent(interval=None),
+            "physical_cores": psutil.cpu_count(logical=False),
+            "total_cores": psutil.cpu_count(logical=True),
+            "memory": {"used": _gb(mem.used), "total": _gb(mem.total)},
+        },
+    }
