@@ -46,3 +46,18 @@ def pydantic_message(exc: Any) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "body"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+# Each dialect registers how it renders an ApiError, keyed by its blueprint's name, so that checks
+# made outside a dialect (keys, rate limits, overload) still answer in that dialect's shape.
+ErrorRenderer = Any  # Callable[[ApiError], flask.Response]
+ERROR_RENDERERS: dict[str, ErrorRenderer] = {}
+
+
+def register_renderer(blueprint_name: str, renderer: ErrorRenderer) -> None:
+    ERROR_RENDERERS[blueprint_name] = renderer
+
+
+def render(blueprint_name: str | None, exc: ApiError) -> Any:
+    renderer = ERROR_RENDERERS.get(blueprint_name or "", ERROR_RENDERERS.get("kaito"))
+    return renderer(exc)

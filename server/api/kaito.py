@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from server.api import engine_calls
-from server.api.errors import ApiError, pydantic_message, read_json_object
+from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer
 from server.api.streaming import SSE_HEADERS, sse
 from server.engine.service import Engine
 from server.observability import metrics
@@ -68,6 +68,9 @@ def _api_error(exc: ApiError) -> Response:
     resp.status_code = exc.status
     resp.headers.update(exc.headers)
     return resp
+
+
+register_renderer(bp.name, _api_error)
 
 
 @bp.get("/")
