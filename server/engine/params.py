@@ -120,6 +120,7 @@ def build_params(
     """Merge model defaults < dialect defaults < the client's values, then validate."""
     if not isinstance(client, dict):
         raise InvalidParams("generate_kwargs must be a JSON object")
+    client = {k: v for k, v in client.items() if v is not None}  # null means "not given"
     unknown = sorted(k for k in client if k not in ALLOWED)
     if unknown:
         raise InvalidParams(
@@ -150,8 +151,8 @@ def build_params(
                 f"the prompt is {prompt_tokens} tokens but max_length is {merged['max_length']}; "
                 "raise max_length or set max_new_tokens"
             )
-    else:
-        max_new = 256
+    else:  # nobody chose: a moderate default that fits the context
+        max_new = max(1, min(256, limits.context_length - prompt_tokens))
     if prompt_tokens + max_new > limits.context_length:
         raise InvalidParams(
             f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new}) exceeds the model's "

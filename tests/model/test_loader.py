@@ -1,0 +1,90 @@
+"""Model loading on tiny random models saved to a temporary folder (no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from server.config import Settings
+from server.model import loader
+
+TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+
+
+def _tiny_model_dir(root: Path, with_bin: bool = False) -> Path:
+    vocab = {f"t{i}": i for i in range(64)}
+    vocab.update({"<unk>": 64, "<s>": 65, "</s>": 66})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=67, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=65, eos_token_id=66)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = root / "tiny"
+    model.save_pretrained(path)
+    if with_bin:  # the older PyTorch pickle format
+        for f in path.glob("*.safetensors"):
+            f.unlink()
+        torch.save(model.state_dict(), path / "pytorch_model.bin")
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_model_dir(tmp_path_factory.mktemp("model"))
+
+
+def test_load_local_folder(tiny: Path) -> None:
+    loaded = loader.load(Settings(model_path=str(tiny)))
+    assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
+    assert loaded.context_length == 128
+    assert loaded.eos_token_ids == (66,)
+    assert loaded.pad_token_id == 66  # no pad token: EOS stands in
+    assert loaded.tokenizer.padding_side == "left"
+    assert not loaded.model.training
+
+
+def test_load_bin_checkpoint(tmp_path: Path) -> None:
+    path = _tiny_model_dir(tmp_path, with_bin=True)
+    assert list(path.glob("*.bin"))
+    assert loader.load(Settings(model_path=str(path))).num_parameters > 0
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_dtype(tiny: Path, dtype: str, expected: torch.dtype) -> None:
+    assert loader.load(Settings(model_path=str(tiny), torch_dtype=dtype)).dtype == expected
+
+
+def test_chat_template_inline_and_file(tiny: Path, tmp_path: Path) -> None:
+    loaded = loader.load(Settings(model_path=str(tiny), chat_template=TEMPLATE))
+    text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "t1"}], tokenize=False)
+    assert text == "<user>t1<assistant>"
+    f = tmp_path / "t.jinja"
+    f.write_text(TEMPLATE.replace("<assistant>", "[A]"))
+    loaded = loader.load(Settings(model_path=str(tiny), chat_template=str(f)))
+    assert loaded.tokenizer.apply_chat_template([{"role": "user", "content": "t1"}],
+                                                tokenize=False).endswith("[A]")
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(loader.ModelLoadError, match="make model"):
+        loader.load(Settings(model_path=str(tmp_path / "absent")))
+
+
+def test_device_map_resolution() -> None:
+    s = Settings(device_map="balanced", max_memory={"0": "20GiB", "cpu": "64GiB"})
+    assert loader.resolve_device_map(s, cuda=True) == {
+        "device_map": "balanced", "max_memory": {0: "20GiB", "cpu": "64GiB"}}
+    assert loader.resolve_device_map(s, cuda=False) == {}
+    assert loader.resolve_dtype("auto", cuda=False, gguf=False) == torch.float32
+    assert loader.resolve_dtype("auto", cuda=True, gguf=False) == "auto"
+    assert loader.resolve_dtype("auto", cuda=True, gguf=True) == torch.float32
+    assert loader.split_gguf("/m/x.Q4_1.gguf") == ("/m", "x.Q4_1.gguf")
+    assert loader.split_gguf("/m/folder") == ("/m/folder", None)

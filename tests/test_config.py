@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from server.config import DEFAULT_MODEL_PATH, ConfigError, flags_to_env, load_settings
+
+
+def test_defaults_serve_the_embedded_model() -> None:
+    s = load_settings({})
+    assert s.model_path == DEFAULT_MODEL_PATH
+    assert s.model_path.endswith("models/smollm2-135m-instruct")
+    assert s.port == 5000 and s.torch_dtype == "auto" and s.device_map == "auto"
+    assert not s.allow_remote_files and not s.trust_remote_code
+
+
+def test_environment_overrides() -> None:
+    s = load_settings({"PORT": "8080", "TORCH_DTYPE": "bfloat16", "DEVICE_MAP": "balanced",
+                       "MAX_MEMORY": "0=20GiB, 1=20GiB,cpu=64GiB", "ALLOW_REMOTE_FILES": "true",
+                       "MAX_BATCH_SIZE": "4"})
+    assert s.port == 8080 and s.torch_dtype == "bfloat16" and s.device_map == "balanced"
+    assert s.max_memory == {"0": "20GiB", "1": "20GiB", "cpu": "64GiB"}
+    assert s.allow_remote_files is True and s.max_batch_size == 4
+
+
+def test_preset_then_environment() -> None:
+    s = load_settings({"PRESET": "smollm2-135m-instruct"})
+    assert s.preset == "smollm2-135m-instruct" and s.torch_dtype == "float32"
+    assert s.context_length == 8192 and s.served_model_name == "smollm2-135m-instruct"
+    s = load_settings({"PRESET": "smollm2-135m-instruct", "TORCH_DTYPE": "auto",
+                       "SERVED_MODEL_NAME": "mine"})
+    assert s.torch_dtype == "auto" and s.served_model_name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"TORCH_DTYPE": "float8"}, "TORCH_DTYPE"),
+        ({"DEVICE_MAP": "everywhere"}, "DEVICE_MAP"),
+        ({"PORT": "eighty"}, "PORT"),
+        ({"ALLOW_REMOTE_FILES": "maybe"}, "ALLOW_REMOTE_FILES"),
+        ({"MAX_MEMORY": "20GiB"}, "MAX_MEMORY"),
+        ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
+        ({"PRESET": "no-such-model"}, "unknown preset"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        load_settings(env)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_kaito_flags_become_environment() -> None:
+    env = flags_to_env([
+        "--pipeline", "text-generation", "--torch_dtype", "bfloat16",
+        "--pretrained_model_name_or_path", "/workspace/tfs/weights", "--chat_template",
+        "/workspace/chat_templates/falcon.jinja", "--trust_remote_code", "--allow_remote_files",
+        "--device_map", "auto", "--num_processes", "1",
+    ])
+    assert env["PIPELINE"] == "text-generation"
+    assert env["TORCH_DTYPE"] == "bfloat16"
+    assert env["MODEL_PATH"] == "/workspace/tfs/weights"
+    assert env["CHAT_TEMPLATE"] == "/workspace/chat_templates/falcon.jinja"
+    assert env["TRUST_REMOTE_CODE"] == "true" and env["ALLOW_REMOTE_FILES"] == "true"
+    assert "--num_processes" in env["_INFERBOX_IGNORED_FLAGS"]
+    s = load_settings({k: v for k, v in env.items() if not k.startswith("_")})
+    assert s.model_path == "/workspace/tfs/weights" and s.trust_remote_code
