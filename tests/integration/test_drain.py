@@ -34,7 +34,8 @@ def test_sigterm_during_a_stream_lets_it_finish(tmp_path) -> None:
                 events.append(line[6:])
                 break
         rest: list[str] = []
-        reader = threading.Thread(target=lambda: rest.extend(ln[6:] for ln in lines if ln.startswith("data: ")))
+        reader = threading.Thread(
+            target=lambda: rest.extend(ln[6:] for ln in lines if ln.startswith("data: ")))
         reader.start()
         t_term = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)

@@ -46,7 +46,8 @@ def hard(tmp_path_factory: pytest.TempPathFactory):
 # this build answer 404 with a key and are skipped; without a key everything answers 401.
 ENDPOINTS = [
     ("/chat", {"prompt": "Hello", "generate_kwargs": {"max_new_tokens": 2}}),
-    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    ("/v1/chat/completions",
+     {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
     ("/v1/completions", {"model": "m", "prompt": "Hello", "max_tokens": 2}),
     ("/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}),
     ("/generate_stream", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}),
@@ -112,7 +113,8 @@ def _worker(srv: ServerProcess) -> psutil.Process:
 
 def test_96_concurrent_long_requests_against_a_queue_of_8(hard: ServerProcess) -> None:
     worker = _worker(hard)
-    body = {"prompt": "Tell me a long story.", "generate_kwargs": {"max_new_tokens": 12, "min_new_tokens": 12}}
+    body = {"prompt": "Tell me a long story.",
+            "generate_kwargs": {"max_new_tokens": 12, "min_new_tokens": 12}}
     requests.post(hard.url + "/chat", json=body, headers=AUTH, timeout=120).raise_for_status()  # warm
     idle_rss = worker.memory_info().rss
 
@@ -141,8 +143,8 @@ def test_96_concurrent_long_requests_against_a_queue_of_8(hard: ServerProcess) -
 
     time.sleep(1)
     rss = worker.memory_info().rss
-    print(f"worker RSS idle {idle_rss / 2**20:.0f} MiB, after burst {rss / 2**20:.0f} MiB; "
-          f"statuses {sorted(set(statuses))}: " + ", ".join(f"{s}={statuses.count(s)}" for s in set(statuses)))
+    counts = ", ".join(f"{s}={statuses.count(s)}" for s in sorted(set(statuses)))
+    print(f"worker RSS idle {idle_rss / 2**20:.0f} MiB, after burst {rss / 2**20:.0f} MiB; statuses {counts}")
     assert rss < idle_rss * 1.25 + 150 * 2**20, (idle_rss, rss)
 
 
