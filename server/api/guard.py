@@ -79,7 +79,8 @@ class Guard:
                 storage_uri=settings.rate_limit_storage_uri,
                 strategy="fixed-window",
                 on_breach=self._breach,
-                swallow_errors=True,  # a storage outage must not take serving down with it
+                swallow_errors=True,  # a storage outage must not take serving down with it:
+                in_memory_fallback_enabled=True,  # count per process until the storage is back
                 headers_enabled=False,  # we set Retry-After ourselves, in the dialect's response
             )
             self.limiter.request_filter(self._is_open)

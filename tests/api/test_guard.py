@@ -140,6 +140,15 @@ def test_rate_limit_per_key_answers_429_with_retry_after() -> None:
         assert c.post("/chat", json={}).status_code == 401
 
 
+def test_rate_limit_storage_outage_keeps_serving_with_per_process_limits() -> None:
+    from tests.conftest import free_port
+
+    c = make_app(rate_limit="2/minute", rate_limit_storage_uri=f"redis://127.0.0.1:{free_port()}").test_client()
+    a = {"x-api-key": "alpha-key-123"}
+    statuses = [c.post("/chat", json={"prompt": "hi"}, headers=a).status_code for _ in range(3)]
+    assert statuses == [503, 503, 429]
+
+
 def test_draining_refuses_new_work_with_503(client) -> None:
     engine = client.application.extensions["inferbox.engine"]
     engine.draining = True
