@@ -30,7 +30,7 @@ test: install model
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check server tests bench inference_api.py
+	$(VENV)/bin/ruff check server tests bench tools inference_api.py
 
 bench: install model
 	$(PY) -m bench.run $(BENCH_ARGS)

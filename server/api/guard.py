@@ -112,6 +112,11 @@ class Guard:
                     headers={"WWW-Authenticate": "Bearer"},
                 ))
             g.api_key_id = key_id(key)
+        if request.method == "POST" and engine is not None and _queue_full(engine):
+            # Shed load before the body is parsed or tokenized: rejections stay cheap, so a flood of
+            # them cannot starve the engine thread of the GIL.
+            return _render(ApiError(503, "server is overloaded: the request queue is full; retry later",
+                                    kind="overloaded", headers={"Retry-After": "1"}))
         return None
 
     @staticmethod
@@ -123,6 +128,12 @@ class Guard:
         retry = min(max(1, math.ceil(limit.reset_at - time.time())), limit.limit.get_expiry())
         return _render(ApiError(429, f"rate limit exceeded ({limit.limit}); retry in {retry}s",
                                 kind="rate_limit_exceeded", headers={"Retry-After": str(retry)}))
+
+
+def _queue_full(engine: object) -> bool:
+    sched = getattr(engine, "scheduler", None)
+    depth, limit = getattr(sched, "queue_depth", None), getattr(sched, "max_queued", None)
+    return isinstance(depth, int) and isinstance(limit, int) and depth >= limit
 
 
 def _render(exc: ApiError) -> Response:

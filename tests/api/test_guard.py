@@ -149,6 +149,23 @@ def test_rate_limit_storage_outage_keeps_serving_with_per_process_limits() -> No
     assert statuses == [503, 503, 429]
 
 
+def test_full_queue_sheds_posts_before_parsing(client) -> None:
+    from types import SimpleNamespace
+
+    engine = client.application.extensions["inferbox.engine"]
+    engine.scheduler = SimpleNamespace(queue_depth=8, max_queued=8, running=4, alive=True)
+    r = client.post("/chat", data=b"not even json", headers={"x-api-key": "alpha-key-123"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert "overloaded" in r.get_json()["detail"]
+    assert client.post("/fake/generate", json={}, headers={"x-api-key": "alpha-key-123"}).get_json()[
+        "error"]["type"] == "overloaded"
+    assert client.post("/chat", json={"prompt": "hi"}).status_code == 401  # keys first
+    assert client.get("/metrics").status_code == 200
+    engine.scheduler.queue_depth = 7
+    r = client.post("/chat", data=b"not even json", headers={"x-api-key": "alpha-key-123"})
+    assert r.status_code == 400
+
+
 def test_draining_refuses_new_work_with_503(client) -> None:
     engine = client.application.extensions["inferbox.engine"]
     engine.draining = True
