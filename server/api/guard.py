@@ -88,6 +88,7 @@ class Guard:
             log.info("rate limit %s per key, storage %s", settings.rate_limit,
                      settings.rate_limit_storage_uri.split("://", 1)[0] + "://")
         app.register_error_handler(EngineUnavailable, _unavailable)
+        app.register_error_handler(ApiError, _render)  # for dialects whose blueprint has no handler
 
     def _is_open(self) -> bool:
         return request.method in OPEN_METHODS and request.path in self.open_paths

@@ -31,6 +31,11 @@ def _fake_generate() -> Response:
     return jsonify({"ok": True})
 
 
+@fake.post("/fake/busy")
+def _fake_busy() -> Response:
+    raise errors.ApiError(503, "busy", kind="overloaded", headers={"Retry-After": "1"})
+
+
 def _fake_render(exc: errors.ApiError) -> Response:
     resp = jsonify({"error": {"message": exc.message, "type": exc.kind}})
     resp.status_code = exc.status
@@ -93,6 +98,12 @@ def test_other_dialects_get_401_in_their_own_shape(client) -> None:
     assert r.get_json()["error"]["type"] == "authentication_error"
     ok = client.post("/fake/generate", json={}, headers={"Authorization": "Bearer alpha-key-123"})
     assert ok.status_code == 200
+
+
+def test_api_errors_render_in_the_dialect_shape_without_a_blueprint_handler(client) -> None:
+    r = client.post("/fake/busy", headers={"x-api-key": "alpha-key-123"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.get_json() == {"error": {"message": "busy", "type": "overloaded"}}
 
 
 def test_open_paths_need_no_key_but_only_for_get(client) -> None:
