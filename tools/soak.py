@@ -151,8 +151,9 @@ def main() -> int:
                            "idle_after": rss_after / 2**20},
         "healthy_after": healthy,
     }
+    capacity = args.batch + args.queue
     print(f"soak: {clients} clients for {wall:.0f}s against batch {args.batch} + queue {args.queue} "
-          f"(2x capacity), {args.max_new_tokens} new tokens per request")
+          f"({clients / capacity:.1f}x capacity), {args.max_new_tokens} new tokens per request")
     print(f"{'status':>24} {'count':>7} {'p50 s':>8} {'p90 s':>8} {'p99 s':>8} {'max s':>8}")
     for k, v in report["latency_s"].items():
         print(f"{k:>24} {statuses[k]:>7} {v['p50']:>8.2f} {v['p90']:>8.2f} {v['p99']:>8.2f} {v['max']:>8.2f}")
