@@ -27,3 +27,9 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201
     from server.lifecycle import install_worker_drain
 
     install_worker_drain(worker)
+
+
+def pre_request(worker, req):  # noqa: ANN001, ANN201
+    from server.lifecycle import close_while_draining
+
+    close_while_draining(worker, req)

@@ -109,6 +109,17 @@ def drain(app: Any, stop_worker: Callable[[], None], grace_s: float) -> None:
     stop_worker()
 
 
+def close_while_draining(worker: Any, req: Any) -> None:
+    """gunicorn `pre_request` hook: while draining, answer with `Connection: close` so kept-alive
+    clients reconnect (to another replica) instead of reusing this connection. gunicorn ignores a
+    Connection header set by the app, so this is done on its request object."""
+    worker.log.debug("%s %s", req.method, req.path)  # what gunicorn's default hook does
+    app = worker.wsgi
+    engine = getattr(app, "extensions", {}).get("inferbox.engine")
+    if engine is not None and engine.draining:
+        req.must_close = True
+
+
 def install_worker_drain(worker: Any) -> None:
     """gunicorn `post_worker_init` hook: replace the worker's SIGTERM handler with the drain."""
     app = worker.wsgi
