@@ -8,7 +8,7 @@ MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench clean
+.PHONY: install model run test lint bench soak clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ lint: install
 
 bench: install model
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Load at 2x capacity for SOAK_ARGS (default --duration 60); reports status codes, latencies, RSS.
+soak: install model
+	$(PY) -m tools.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache models bench/results

@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.register_blueprint(kaito.bp)
     access_log.install(app)
     _install_error_handlers(app)
+    _install_operations(app, settings, engine)
 
     metrics.QUEUE_DEPTH.set_function(lambda: engine.scheduler.queue_depth if engine.scheduler else 0)
     metrics.BATCH_SIZE.set_function(lambda: engine.scheduler.running if engine.scheduler else 0)
@@ -45,6 +46,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     if load_model and engine.loaded is None:
         engine.start(background=True)
     return app
+
+
+def _install_operations(app: Flask, settings: Settings, engine: Engine) -> None:
+    """Keys, rate limits and the drain gate for every route; in-flight counting for the drain."""
+    from server.api import guard
+    from server.lifecycle import InflightCounter
+
+    guard.install(app, settings)
+    counter = InflightCounter(app.wsgi_app)
+    app.wsgi_app = counter  # type: ignore[method-assign]
+    app.extensions["inferbox.inflight"] = counter
+    metrics.INFLIGHT.set_function(lambda: counter.count)
+    metrics.DRAINING.set_function(lambda: 1 if engine.draining else 0)
 
 
 def _install_error_handlers(app: Flask) -> None:

@@ -55,6 +55,14 @@ class Settings:
     request_timeout_s: float = 600.0
     torch_threads: int = 0
     log_level: str = "info"
+    # security and operations (README: "Security and operations")
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    open_paths: tuple[str, ...] = ("/", "/health", "/metrics", "/openapi.json", "/info")
+    metrics_require_key: bool = False
+    rate_limit: str = ""
+    rate_limit_storage_uri: str = "memory://"
+    max_input_tokens: int = 0
+    drain_delay_s: float = 5.0
 
 
 # env var -> (settings field, parser)
@@ -76,6 +84,19 @@ def _max_memory(value: str) -> dict[str, str]:
             raise ConfigError(f"MAX_MEMORY entries look like 0=20GiB,cpu=64GiB; got {part!r}")
         out[key.strip()] = size.strip()
     return out
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _keys_file(path: str) -> tuple[str, ...]:
+    """One key per line; blank lines and `#` comments ignored (a mounted Kubernetes Secret works)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read API_KEYS_FILE: {exc.strerror}") from None
+    return tuple(s for s in (ln.split("#", 1)[0].strip() for ln in lines) if s)
 
 
 ENV_VARS: dict[str, tuple[str, Any]] = {
@@ -101,6 +122,13 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "REQUEST_TIMEOUT_S": ("request_timeout_s", float),
     "TORCH_THREADS": ("torch_threads", int),
     "LOG_LEVEL": ("log_level", str),
+    "API_KEYS": ("api_keys", _csv),
+    "OPEN_PATHS": ("open_paths", _csv),
+    "METRICS_REQUIRE_KEY": ("metrics_require_key", _bool),
+    "RATE_LIMIT": ("rate_limit", str),
+    "RATE_LIMIT_STORAGE_URI": ("rate_limit_storage_uri", str),
+    "MAX_INPUT_TOKENS": ("max_input_tokens", int),
+    "DRAIN_DELAY_S": ("drain_delay_s", float),
 }
 
 
@@ -130,6 +158,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             values[name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{var}={raw!r}: {exc}") from exc
+    keys_file = env.get("API_KEYS_FILE")
+    if keys_file:
+        values["api_keys"] = tuple(dict.fromkeys((*values.get("api_keys", ()), *_keys_file(keys_file))))
     settings = Settings(**values)
     _check(settings)
     return settings
@@ -145,6 +176,16 @@ def _check(s: Settings) -> None:
     for name in ("threads", "max_batch_size", "max_batch_tokens", "max_body_bytes", "max_queued_requests"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if s.max_input_tokens < 0 or s.drain_delay_s < 0:
+        raise ConfigError("MAX_INPUT_TOKENS and DRAIN_DELAY_S must not be negative")
+    if s.rate_limit:
+        from limits import parse_many
+
+        try:
+            parse_many(s.rate_limit)
+        except ValueError as exc:
+            raise ConfigError(f"RATE_LIMIT={s.rate_limit!r} is not in Flask-Limiter's notation "
+                              f"(e.g. 10/second;100/minute): {exc}") from None
 
 
 # Kaito's transformers runtime flags (inference_api.py), mapped onto our environment variables.

@@ -19,3 +19,17 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 # request lines may carry query strings; nothing of ours uses them, but keep them out of logs
 limit_request_line = 8190
+
+
+def post_worker_init(worker):  # noqa: ANN001, ANN201
+    """SIGTERM drains (health 503, in-flight requests and streams finish) instead of gunicorn's
+    immediate stop of accepting; see server/lifecycle.py."""
+    from server.lifecycle import install_worker_drain
+
+    install_worker_drain(worker)
+
+
+def pre_request(worker, req):  # noqa: ANN001, ANN201
+    from server.lifecycle import close_while_draining
+
+    close_while_draining(worker, req)

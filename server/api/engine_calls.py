@@ -25,12 +25,17 @@ from server.engine.request import (
 )
 from server.engine.scheduler import EngineUnavailable, QueueFull
 from server.engine.service import Engine
+from server.observability import access_log, metrics
 
 
 def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
                 defaults: dict[str, Any] | None = None) -> GenerationParams:
     if engine.limits is None:
         raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
+    limit = engine.settings.max_input_tokens
+    if limit and prompt_tokens > limit:
+        raise ApiError(400, f"the prompt is {prompt_tokens} tokens; this server accepts at most {limit} "
+                       f"(MAX_INPUT_TOKENS)", kind="context_length_exceeded", param="prompt")
     try:
         return build_params(kwargs, prompt_tokens, engine.limits, defaults)
     except InvalidParams as exc:
@@ -41,7 +46,23 @@ def new_request(engine: Engine, input_ids: list[int], params: GenerationParams) 
     import time
 
     deadline = time.monotonic() + engine.settings.request_timeout_s
+    usage = access_log.usage()
+    if usage is not None:
+        usage.prompt_tokens += len(input_ids)
     return GenerationRequest(input_ids=input_ids, params=params, deadline=deadline)
+
+
+def _account(request: GenerationRequest, completion_tokens: int) -> None:
+    """Token counts and time to first token for the access log and metrics (never any text)."""
+    ttft = None
+    if request.stream.first_token_at is not None:
+        ttft = request.stream.first_token_at - request.arrival
+        metrics.record_ttft(ttft)
+    usage = access_log.usage()
+    if usage is not None:
+        usage.completion_tokens += completion_tokens
+        if ttft is not None and usage.ttft_s is None:
+            usage.ttft_s = ttft
 
 
 def submit(engine: Engine, request: GenerationRequest) -> None:
@@ -61,12 +82,15 @@ def _wait_limit(engine: Engine) -> float:
 def run(engine: Engine, request: GenerationRequest) -> list[SequenceResult]:
     """Submit and wait for every sequence; map engine failures to ApiError."""
     submit(engine, request)
+    results: list[SequenceResult] = []
     try:
-        return collect(request, timeout=_wait_limit(engine))
+        results = collect(request, timeout=_wait_limit(engine))
+        return results
     except StreamError as exc:
         raise _stream_error(exc) from None
     finally:
         request.stream.cancel()  # no-op when finished; frees the slot when we bail out
+        _account(request, sum(len(r.token_ids) for r in results))
 
 
 def _stream_error(exc: StreamError) -> ApiError:
@@ -108,10 +132,12 @@ def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens:
     seqs = [_SeqText(IncrementalDetokenizer(engine.tokenizer, skip_special_tokens,
                                             clean_up_tokenization_spaces))
             for _ in range(request.params.num_return_sequences)]
+    generated = 0
     try:
         for event in request.stream.events(timeout=_wait_limit(engine)):
             seq = seqs[event.index]
             if isinstance(event, TokenEvent):
+                generated += len(event.token_ids)
                 if seq.stopped:
                     continue
                 if not event.token_ids:  # logprobs only
@@ -145,6 +171,7 @@ def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens:
         raise _stream_error(exc) from None
     finally:
         request.stream.cancel()
+        _account(request, generated)
 
 
 def final_text(engine: Engine, result: SequenceResult, stops: tuple[str, ...],

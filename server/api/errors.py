@@ -21,11 +21,21 @@ class ApiError(Exception):
 
 def read_json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or an ApiError (400/413/415) saying what is wrong."""
+    too_large = ApiError(413, f"request body is larger than {request.max_content_length} bytes",
+                         kind="request_too_large")
     try:
         raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
-        raise ApiError(413, f"request body is larger than {request.max_content_length} bytes",
-                       kind="request_too_large") from None
+        raise too_large from None
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # A chunked body is cut at the limit without an error (werkzeug's LimitedStream): look for more.
+        try:
+            more = request.stream.read(1)
+        except RequestEntityTooLarge:
+            raise too_large from None
+        if more:
+            raise too_large
     if not raw:
         raise ApiError(400, "request body is empty; send a JSON object")
     try:

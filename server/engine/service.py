@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any
 
 from server.config import Settings
@@ -29,6 +30,9 @@ class Engine:
         self.load_error: str | None = None
         self.draining = False
         self._ready = threading.Event()
+        # requests handed to the scheduler, so a dead scheduler thread cannot leave them waiting
+        self._submitted: weakref.WeakValueDictionary[str, GenerationRequest] = weakref.WeakValueDictionary()
+        self._submitted_lock = threading.Lock()
 
     # lifecycle
     def start(self, background: bool = True) -> None:
@@ -60,10 +64,12 @@ class Engine:
                 max_batch_size=s.max_batch_size,
                 window_s=s.batch_window_ms / 1000.0,
                 max_queued=s.max_queued_requests,
+                on_step=_count_step,
             )
             self.scheduler.start()
             self.loaded = loaded
             self._ready.set()
+            threading.Thread(target=self._watch, name="scheduler-watchdog", daemon=True).start()
         except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
@@ -75,6 +81,23 @@ class Engine:
     def healthy(self) -> bool:
         return self._ready.is_set() and self.scheduler is not None and self.scheduler.alive
 
+    def _watch(self, period: float = 0.5) -> None:
+        """If the scheduler thread dies (not stopped by a drain), fail what it held: `/health`
+        already says 503 (so Kubernetes restarts the pod); this answers the waiting clients."""
+        sched = self.scheduler
+        if sched is None:
+            return
+        while not self.draining and sched.alive:
+            threading.Event().wait(period)
+        if self.draining:
+            return
+        with self._submitted_lock:
+            stranded = [r for r in list(self._submitted.values()) if not r.stream.closed.is_set()]
+        log.critical("the scheduler thread died; /health reports 503; failing %d waiting request(s)",
+                     len(stranded))
+        for r in stranded:
+            r.stream.fail("the engine stopped unexpectedly")
+
     def drain(self, timeout: float | None = None) -> None:
         self.draining = True
         if self.scheduler is not None:
@@ -82,9 +105,9 @@ class Engine:
 
     # request path
     def _require(self) -> loader.LoadedModel:
-        if self.loaded is None or self.draining:
-            raise EngineUnavailable("the model is not loaded yet" if not self.draining
-                                    else "the server is shutting down")
+        # Draining does not block tokenizer use: in-flight requests still decode their output.
+        if self.loaded is None:
+            raise EngineUnavailable("the model is not loaded yet")
         return self.loaded
 
     @property
@@ -109,5 +132,16 @@ class Engine:
 
     def submit(self, request: GenerationRequest) -> None:
         self._require()
+        if self.draining:
+            raise EngineUnavailable("the server is shutting down")
         assert self.scheduler is not None
         self.scheduler.submit(request)
+        with self._submitted_lock:
+            self._submitted[request.id] = request
+
+
+def _count_step(path: str, batch_size: int) -> None:
+    """Scheduler hook: engine steps/calls by path (`generate` = the exact-generate fallback)."""
+    from server.observability import metrics
+
+    metrics.ENGINE_PATH.labels(path).inc()

@@ -24,6 +24,14 @@ LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endp
 TTFT = Histogram("inferbox_time_to_first_token_seconds", "Time to first token", registry=REGISTRY,
                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 
+INFLIGHT = Gauge("inferbox_inflight_requests", "HTTP requests in flight (streams until their last byte)",
+                 registry=REGISTRY)
+DRAINING = Gauge("inferbox_draining", "1 while the server drains after SIGTERM", registry=REGISTRY)
+
+
+def record_ttft(seconds: float) -> None:
+    TTFT.observe(max(0.0, seconds))
+
 
 def record_tokens(prompt_tokens: int, generated_tokens: int) -> None:
     TOKENS_IN.inc(prompt_tokens)
