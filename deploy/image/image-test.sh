@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${IMAGE_TAG:-localhost/inferbox:image-test}
-HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-300}
+HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-240}
 start=$(date +%s)
 log() { echo "image-test [$(( $(date +%s) - start ))s] $*"; }
 
@@ -61,9 +61,10 @@ runner=$!
 
 deadline=$(( $(date +%s) + HEALTH_TIMEOUT ))
 until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
-    if ! kill -0 "$runner" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then
+    if ! kill -0 "$runner" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ] \
+        || grep -q "model failed to load" "$workdir/server.log"; then
         log "server did not become healthy; its log:"
-        tail -50 "$workdir/server.log"
+        grep -v "inferbox.access" "$workdir/server.log" | tail -40
         exit 1
     fi
     sleep 2

