@@ -22,8 +22,13 @@ fi
 
 base=$(deploy/image/base.sh)
 log "base image $base"
+previous=$(buildah images --noheading --format '{{.ID}}' "$TAG" 2>/dev/null || true)
 deploy/image/buildah-build.sh "$TAG" --build-arg "BASE_IMAGE=$base" 2>&1 | sed 's/^/  build: /'
 log "built $TAG"
+current=$(buildah images --noheading --format '{{.ID}}' "$TAG")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then  # don't pile up superseded images
+    buildah rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 workdir=$(mktemp -d)

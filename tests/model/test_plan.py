@@ -108,3 +108,29 @@ def test_parse_gpus_rejects(spec):
 def test_unknown_preset_is_a_clear_error(capsys):
     assert main(["--preset", "no-such-model", "--gpus", "1x24GiB"]) == 2
     assert "unknown preset 'no-such-model'" in capsys.readouterr().err
+
+
+def _cache_bytes(cache) -> int:
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+@pytest.mark.parametrize(
+    "name", ["llama-2-7b-chat", "mistral-7b", "falcon-7b", "mpt-7b-instruct", "phi-3-mini-4k-instruct"]
+)
+def test_kv_bytes_match_what_transformers_caches(name):
+    """Run one real layer of the preset's shape and measure the cache it keeps per token."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from server.model.plan import config_kwargs, kv_bytes_per_token
+
+    preset = load_preset(name)
+    arch = preset.architecture.model_copy(update={"num_hidden_layers": 1})
+    config = AutoConfig.for_model(arch.model_type, **config_kwargs(arch, preset.context_length))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = model.to_empty(device="cpu").eval()  # values are irrelevant: only cache shapes count
+    tokens = 5
+    with torch.no_grad():
+        out = model(torch.zeros(1, tokens, dtype=torch.long), use_cache=True)
+    assert _cache_bytes(out.past_key_values) == tokens * kv_bytes_per_token(arch, "bfloat16", model)
