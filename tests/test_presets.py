@@ -100,3 +100,15 @@ def test_file_name_must_match_its_name(tmp_path):
     (directory / "one.yaml").rename(directory / "two.yaml")
     with pytest.raises(PresetError, match="names itself 'one'"):
         load_preset("two", directory)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_generation_defaults_are_valid_generate_kwargs(name):
+    from server.engine.params import ModelLimits, build_params
+
+    p = load_preset(name)
+    limits = ModelLimits(context_length=p.context_length, eos_token_ids=(2,), pad_token_id=0,
+                         vocab_size=p.architecture.vocab_size, generation_defaults={})
+    params = build_params(dict(p.generation), 8, limits)
+    for key, value in p.generation.items():
+        assert getattr(params, key) == value

@@ -36,19 +36,13 @@ ctr=""
 runner=""
 cleanup() {
     set +e
-    if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
-        kill -TERM -- "-$runner" 2>/dev/null
-        for _ in $(seq 30); do kill -0 "$runner" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$runner" 2>/dev/null
-    fi
+    stop_server
     [ -n "$ctr" ] && buildah rm "$ctr" >/dev/null 2>&1
     rm -rf "$workdir"
 }
 trap cleanup EXIT
 
 ctr=$(buildah from --name "inferbox-image-test-$$" "$TAG")
-# Run the image's own entrypoint as its own user, in its own process group so cleanup can end
-# the whole tree (buildah run -> python -m server -> gunicorn master -> worker) by that group's id.
 image_field() {  # image_field PY_EXPR: a field of the image's docker config, shell-quoted
     buildah inspect --type image "$TAG" | python3 -c "import json, shlex, sys
 c = json.load(sys.stdin)['Docker']['config']
@@ -59,33 +53,62 @@ entrypoint=$(image_field "c['Entrypoint'] + (c.get('Cmd') or [])")
 user=$(image_field "c['User']")
 healthcheck=$(image_field "c['Healthcheck']['Test'][1:]")
 [ -n "$healthcheck" ] || { log "FAILED: the image has no HEALTHCHECK"; exit 1; }
-log "starting '$entrypoint' as $user on port $port"
-setsid buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" --env HOST=127.0.0.1 \
-    "$ctr" -- sh -c "exec $entrypoint" >"$workdir/server.log" 2>&1 &
-runner=$!
 
-deadline=$(( $(date +%s) + HEALTH_TIMEOUT ))
-until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
-    if ! kill -0 "$runner" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ] \
-        || grep -q "model failed to load" "$workdir/server.log"; then
-        log "server did not become healthy; its log:"
-        grep -v "inferbox.access" "$workdir/server.log" | tail -40
+stop_server() {
+    if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
+        kill -TERM -- "-$runner" 2>/dev/null || true
+        for _ in $(seq 30); do kill -0 "$runner" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$runner" 2>/dev/null || true
+        wait "$runner" 2>/dev/null || true
+    fi
+    runner=""
+}
+
+# serve_and_ask LABEL COMMAND: run COMMAND in the image as the image's user, in its own process
+# group (so stop_server ends the whole tree: buildah run -> server -> gunicorn master -> worker by
+# that group's id), wait for /health, and expect "Paris" from /chat.
+serve_and_ask() {
+    local label=$1 command=$2
+    log "$label: starting '$command' as $user on port $port"
+    setsid buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" \
+        --env HOST=127.0.0.1 "$ctr" -- sh -c "exec $command" >"$workdir/server.log" 2>&1 &
+    runner=$!
+    local deadline=$(( $(date +%s) + HEALTH_TIMEOUT ))
+    until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
+        if ! kill -0 "$runner" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ] \
+            || grep -q "model failed to load" "$workdir/server.log"; then
+            log "$label: server did not become healthy; its log:"
+            grep -v "inferbox.access" "$workdir/server.log" | tail -40
+            exit 1
+        fi
+        sleep 2
+    done
+    log "$label: healthy"
+    local answer
+    answer=$(curl -fsS -X POST "http://127.0.0.1:$port/chat" -H 'Content-Type: application/json' \
+        -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"generate_kwargs":{"max_new_tokens":20,"do_sample":false}}')
+    log "$label: answer: $answer"
+    if ! grep -q Paris <<<"$answer"; then
+        log "FAILED: the answer does not contain Paris"
         exit 1
     fi
-    sleep 2
-done
-log "healthy"
+}
 
-answer=$(curl -fsS -X POST "http://127.0.0.1:$port/chat" -H 'Content-Type: application/json' \
-    -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"generate_kwargs":{"max_new_tokens":20,"do_sample":false}}')
-log "answer: $answer"
-if ! grep -q Paris <<<"$answer"; then
-    log "FAILED: the answer does not contain Paris"
-    exit 1
-fi
-# The image's own HEALTHCHECK command passes against the running server, and the weights are
-# where Kaito looks for them.
+# 1. As `docker run` starts it: the image's entrypoint. Its own HEALTHCHECK command must pass too.
+serve_and_ask "entrypoint" "$entrypoint"
 buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" "$ctr" -- sh -c "exec $healthcheck"
+log "HEALTHCHECK passes"
+stop_server
+
+# 2. As the Kaito Workspace starts it: its command and args, verbatim from the manifest.
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
+kaito=$("$py" -c "import shlex, yaml
+ws = yaml.safe_load(open('deploy/kubernetes/kaito/workspace.yaml'))
+c = ws['inference']['template']['spec']['containers'][0]
+print(shlex.join(c.get('command', []) + c.get('args', [])))")
+serve_and_ask "kaito workspace" "$kaito"
+stop_server
 buildah run --isolation chroot --user "$user" "$ctr" -- test -r /workspace/tfs/weights/config.json
-log "HEALTHCHECK passes; weights at /workspace/tfs/weights"
+log "weights readable at Kaito's /workspace/tfs/weights"
 log "PASSED in $(( $(date +%s) - start ))s"
