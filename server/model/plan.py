@@ -2,8 +2,9 @@
 
 The model is built on accelerate's empty (meta) weights from the preset's architecture numbers, so
 a 70B model is planned in seconds with no download and no GPU. The device map comes from the same
-calls transformers makes for `device_map="auto"`: `get_balanced_memory` (more than one GPU) then
-`infer_auto_device_map`, with the model's own `_no_split_modules`. Nothing may spill to CPU or disk:
+calls transformers makes for `device_map="auto"`: `get_balanced_memory` then `infer_auto_device_map`
+(accelerate's, as transformers wraps them), with the model's own `_no_split_modules`. MPT and
+Falcon are built with transformers' native MptConfig / FalconConfig (no remote code). Nothing may spill to CPU or disk:
 a plan that needs that fails.
 
     python -m server.plan --preset llama-2-70b-chat --gpus 2x80GiB [--dtype float16]
@@ -187,6 +188,27 @@ def _layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str], torch_dtype: Any) -> dict:
+    """The device map `from_pretrained(device_map="auto", max_memory=...)` computes.
+
+    transformers 5 wraps accelerate's `get_balanced_memory` + `infer_auto_device_map` in its own
+    `_get_device_map` (the function from_pretrained calls); use it where present so the plan is the
+    server's actual placement, else accelerate's public functions the same way.
+    """
+    try:
+        from transformers.integrations.accelerate import _get_device_map
+    except ImportError:
+        _get_device_map = None
+    if _get_device_map is not None:
+        return dict(_get_device_map(model, "auto", dict(max_memory), None))
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+
+    balanced = get_balanced_memory(model, max_memory=dict(max_memory), no_split_module_classes=no_split,
+                                   dtype=torch_dtype, low_zero=False)
+    return infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split,
+                                 dtype=torch_dtype)
+
+
 def plan(
     preset: Preset | str,
     gpus: str | list[int],
@@ -195,11 +217,12 @@ def plan(
     min_tokens: int | None = None,
 ) -> Plan:
     """Plan `preset` on `gpus`; raise PlanError with an operator-readable reason when it cannot run."""
-    from accelerate.utils import compute_module_sizes, get_balanced_memory, infer_auto_device_map
+    from accelerate.utils import compute_module_sizes
 
     # accelerate checks max_memory's GPUs against this machine's (none here): planning for GPUs we
     # do not have is the point, so its "device not available" warnings are noise.
-    logging.getLogger("accelerate.utils.modeling").setLevel(logging.ERROR)
+    for name in ("accelerate.utils.modeling", "transformers.integrations.accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     p = load_preset(preset) if isinstance(preset, str) else preset
     dtype = dtype or (p.dtype if p.dtype != "auto" else "float16")
     if dtype not in DTYPE_BYTES:
@@ -214,13 +237,7 @@ def plan(
     budget = {i: c - reserve_bytes for i, c in enumerate(capacities)}
     if min(budget.values()) <= 0:
         raise PlanError(f"the reserve ({reserve}) leaves no memory on a {_gib(min(capacities))} GPU")
-    max_memory = dict(budget)
-    if len(budget) > 1:  # what transformers does for device_map="auto" on several GPUs
-        balanced = get_balanced_memory(model, max_memory=dict(budget), no_split_module_classes=no_split,
-                                       dtype=torch_dtype, low_zero=False)
-        max_memory = {k: min(v, budget[k]) for k, v in balanced.items() if k in budget}
-    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
-                                       dtype=torch_dtype)
+    device_map = auto_device_map(model, budget, no_split, torch_dtype)
     sizes = compute_module_sizes(model, dtype=torch_dtype)
     total = sizes[""]
     offloaded = sorted({str(d) for d in device_map.values() if not isinstance(d, int)})
