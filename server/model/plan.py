@@ -4,8 +4,8 @@ The model is built on accelerate's empty (meta) weights from the preset's archit
 a 70B model is planned in seconds with no download and no GPU. The device map comes from the same
 calls transformers makes for `device_map="auto"`: `get_balanced_memory` then `infer_auto_device_map`
 (accelerate's, as transformers wraps them), with the model's own `_no_split_modules`. MPT and
-Falcon are built with transformers' native MptConfig / FalconConfig (no remote code). Nothing may spill to CPU or disk:
-a plan that needs that fails.
+Falcon are built with transformers' native MptConfig / FalconConfig (no remote code). Nothing may
+spill to CPU or disk: a plan that needs that fails.
 
     python -m server.plan --preset llama-2-70b-chat --gpus 2x80GiB [--dtype float16]
 """
