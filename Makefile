@@ -46,7 +46,7 @@ image:
 	fi
 
 # Build the image with buildah FROM a debootstrapped Debian base, run it, and ask it for "Paris".
-image-test:
+image-test: install
 	deploy/image/image-test.sh
 
 plan: install
