@@ -34,6 +34,16 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 workdir=$(mktemp -d)
 ctr=""
 runner=""
+stop_server() {
+    if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
+        kill -TERM -- "-$runner" 2>/dev/null || true
+        for _ in $(seq 30); do kill -0 "$runner" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$runner" 2>/dev/null || true
+        wait "$runner" 2>/dev/null || true
+    fi
+    runner=""
+}
+
 cleanup() {
     set +e
     stop_server
@@ -53,16 +63,6 @@ entrypoint=$(image_field "c['Entrypoint'] + (c.get('Cmd') or [])")
 user=$(image_field "c['User']")
 healthcheck=$(image_field "c['Healthcheck']['Test'][1:]")
 [ -n "$healthcheck" ] || { log "FAILED: the image has no HEALTHCHECK"; exit 1; }
-
-stop_server() {
-    if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
-        kill -TERM -- "-$runner" 2>/dev/null || true
-        for _ in $(seq 30); do kill -0 "$runner" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$runner" 2>/dev/null || true
-        wait "$runner" 2>/dev/null || true
-    fi
-    runner=""
-}
 
 # serve_and_ask LABEL COMMAND: run COMMAND in the image as the image's user, in its own process
 # group (so stop_server ends the whole tree: buildah run -> server -> gunicorn master -> worker by
