@@ -38,8 +38,9 @@ FROM deps AS weights
 ARG PRESET
 WORKDIR /src
 COPY server/__init__.py server/presets.py server/
-COPY server/model/ server/model/
-COPY presets/ presets/
+COPY server/model/__init__.py server/model/convert.py server/model/fetch.py server/model/
+COPY presets/chat_templates/ presets/chat_templates/
+COPY presets/${PRESET}.yaml presets/
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=hf_token \
     python -m server.model.fetch --preset "${PRESET}" --out /workspace/weights
