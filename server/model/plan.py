@@ -85,6 +85,8 @@ class Plan:
             f"tokens that fit in the KV cache: {tokens:,} "
             f"(= {tokens / self.context_length:.1f} sequences of the full "
             f"{self.context_length:,}-token context)",
+            "serve it with the same placement: DEVICE_MAP=auto MAX_MEMORY="
+            + ",".join(f"{g.index}={(g.capacity - g.reserve) // 2**20}MiB" for g in self.gpus),
         ]
         return "\n".join(lines)
 

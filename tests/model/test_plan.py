@@ -134,3 +134,21 @@ def test_kv_bytes_match_what_transformers_caches(name):
     with torch.no_grad():
         out = model(torch.zeros(1, tokens, dtype=torch.long), use_cache=True)
     assert _cache_bytes(out.past_key_values) == tokens * kv_bytes_per_token(arch, "bfloat16", model)
+
+
+def test_printed_max_memory_gives_the_server_the_same_placement(capsys):
+    """The MAX_MEMORY the plan prints, read by the server's config, reproduces the plan's device map."""
+    import torch
+
+    from server.config import load_settings
+    from server.model.plan import auto_device_map, build_empty_model, parse_size
+
+    assert main(["--preset", "llama-2-13b-chat", "--gpus", "2x24GiB"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    env = dict(item.split("=", 1) for item in line.split(": ", 1)[1].split())
+    settings = load_settings(env)
+    assert settings.device_map == "auto"
+    max_memory = {int(k): parse_size(v) for k, v in settings.max_memory.items()}
+    model = build_empty_model(load_preset("llama-2-13b-chat"), "float16")
+    placed = auto_device_map(model, max_memory, list(model._no_split_modules), torch.float16)
+    assert placed == plan("llama-2-13b-chat", "2x24GiB").device_map
