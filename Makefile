@@ -8,7 +8,7 @@ MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench soak clean
+.PHONY: install model run test lint bench soak clean image image-test plan
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,23 @@ bench: install model
 # Load at 2x capacity for SOAK_ARGS (default --duration 60); reports status codes, latencies, RSS.
 soak: install model
 	$(PY) -m tools.soak $(SOAK_ARGS)
+
+# The image (Dockerfile): docker where an engine runs, else buildah (daemonless).
+IMAGE ?= inferbox:$(PRESET)
+PRESET ?= smollm2-135m-instruct
+image:
+	if docker info >/dev/null 2>&1; then \
+		DOCKER_BUILDKIT=1 docker build --build-arg PRESET=$(PRESET) $(IMAGE_ARGS) -t $(IMAGE) . ; \
+	else \
+		deploy/image/buildah-build.sh localhost/$(IMAGE) --build-arg PRESET=$(PRESET) $(IMAGE_ARGS) ; \
+	fi
+
+# Build the image with buildah FROM a debootstrapped Debian base, run it, and ask it for "Paris".
+image-test: install
+	deploy/image/image-test.sh
+
+plan: install
+	$(PY) -m server.plan --preset $(PRESET) $(if $(GPUS),--gpus $(GPUS))
 
 clean:
 	rm -rf $(VENV) .cache models bench/results

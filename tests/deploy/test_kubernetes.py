@@ -1,0 +1,171 @@
+"""Every Kubernetes manifest validates against the Kubernetes schemas (kubernetes-validate, offline,
+strict: unknown fields fail), the Kaito Workspace against Kaito's CRD schema, and the Deployment
+agrees with the preset it serves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import ValidationError as K8sValidationError
+
+from server.presets import load_preset
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "kubernetes"
+
+
+def _shared_dirs() -> list[Path]:
+    """shared/ beside the clone (CI); SHARED_DIR; beside the main checkout of a git worktree."""
+    dirs = [REPO.parent / "shared"]
+    if os.environ.get("SHARED_DIR"):
+        dirs.insert(0, Path(os.environ["SHARED_DIR"]))
+    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=REPO,
+                            capture_output=True, text=True)
+    if common.returncode == 0 and common.stdout.strip():
+        dirs.append(Path(common.stdout.strip()).parent.parent / "shared")
+    return dirs
+
+
+CRD = next((d / "reference" / "kaito.sh_workspaces.yaml" for d in _shared_dirs()
+            if (d / "reference" / "kaito.sh_workspaces.yaml").is_file()),
+           REPO.parent / "shared" / "reference" / "kaito.sh_workspaces.yaml")
+K8S_VERSION = "1.31.0"
+MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
+WORKSPACE = DEPLOY / "kaito" / "workspace.yaml"
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def by_kind(kind: str) -> dict:
+    found = [d for p in MANIFESTS for d in docs(p) if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def k8s_validate(doc: dict) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_manifests_are_all_there():
+    kinds = {d["kind"] for p in MANIFESTS for d in docs(p)}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates(path):
+    for doc in docs(path):
+        k8s_validate(doc)
+
+
+def test_validation_has_teeth():
+    deployment = by_kind("Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["httpGet"]["portt"] = 5000
+    with pytest.raises(K8sValidationError):
+        k8s_validate(broken)
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["replicas"] = "one"
+    with pytest.raises(K8sValidationError):
+        k8s_validate(broken)
+
+
+def test_deployment_probes_drain_shm_and_gpus():
+    deployment = by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": 5000}, probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # slow model loads
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    graceful = int({e["name"]: e["value"] for e in container["env"]}["GRACEFUL_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] >= pause + graceful
+    shm = {v["name"]: v for v in pod["volumes"]}[
+        {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/dev/shm"]
+    ]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert container["ports"][0]["containerPort"] == 5000
+
+
+def test_deployment_resources_come_from_its_preset():
+    deployment = by_kind("Deployment")
+    name = deployment["metadata"]["annotations"]["inferbox.dev/preset"]
+    preset = load_preset(name)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PRESET"] == name and name in container["image"]
+    res = container["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == str(preset.resources.gpus)
+    assert res["requests"]["cpu"] == preset.resources.cpu
+    assert res["requests"]["memory"] == res["limits"]["memory"] == preset.resources.memory
+
+
+def test_service_maps_80_to_5000_and_selects_the_pods():
+    service, deployment = by_kind("Service"), by_kind("Deployment")
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, 5000)]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert by_kind("PodDisruptionBudget")["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_hpa_scales_the_deployment_on_queue_depth():
+    hpa, deployment = by_kind("HorizontalPodAutoscaler"), by_kind("Deployment")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] in ("Pods", "External")
+    assert metric[metric["type"].lower()]["metric"]["name"] == "inferbox_queue_depth"
+    # the name the server exports on /metrics
+    assert "inferbox_queue_depth" in (REPO / "server" / "observability" / "metrics.py").read_text()
+
+
+# --- Kaito Workspace -------------------------------------------------------------------------------
+
+
+def workspace_schema() -> dict:
+    if not CRD.is_file():
+        pytest.skip(f"Kaito's Workspace CRD is not at {CRD} (CI keeps shared/ beside the clone)")
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_workspace_validates_against_kaitos_crd():
+    workspace = docs(WORKSPACE)[0]
+    assert workspace["apiVersion"] == "kaito.sh/v1beta1" and workspace["kind"] == "Workspace"
+    jsonschema.validate(workspace, workspace_schema())
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda w: w["resource"].pop("labelSelector"),  # required by the CRD
+        lambda w: w["resource"].__setitem__("count", "two"),
+        lambda w: w["inference"].__setitem__("preset", {"accessMode": "public"}),  # preset needs name
+    ],
+)
+def test_workspace_schema_rejects(mutate):
+    schema = workspace_schema()
+    workspace = docs(WORKSPACE)[0]
+    mutate(workspace)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(workspace, schema)
+
+
+def test_workspace_template_is_a_valid_pod_template_running_our_image():
+    """The CRD keeps `inference.template` opaque, so check it as the PodTemplateSpec Kaito uses."""
+    workspace = docs(WORKSPACE)[0]
+    template = workspace["inference"]["template"]
+    k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template})
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert "tfs/inference_api.py" in container["args"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 5000}
+    assert (REPO / "inference_api.py").is_file()  # what tfs/inference_api.py is in the image
