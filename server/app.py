@@ -33,9 +33,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.extensions["inferbox.engine"] = engine
     app.extensions["inferbox.settings"] = settings
 
-    from server.api import kaito
+    from server.api import kaito, mosaic, openai, openapi, tgi
 
     app.register_blueprint(kaito.bp)
+    for dialect in (openai, tgi, mosaic, openapi):
+        app.register_blueprint(dialect.bp)
     access_log.install(app)
     _install_error_handlers(app)
 
