@@ -7,14 +7,18 @@ a 400 by the translation in openai.py, never silently dropped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 MAX_N = 16
 MAX_STOP = 16
 
-Stop = str | list[str] | None
+StopString = Annotated[str, Field(min_length=1)]
+Stop = StopString | list[StopString] | None
+# What /openapi.json advertises for fields whose only supported value is "off" (the handler rejects
+# the rest with a clearer message than a schema error).
+ZERO = {"minimum": 0, "maximum": 0}
 
 
 class StreamOptions(BaseModel):
@@ -32,14 +36,18 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: float | None = Field(None, ge=0, le=1, description="0 = greedy.")
     n: StrictInt | None = Field(None, ge=1, le=MAX_N)
-    stop: Stop = Field(None, description="Up to 16 strings; cut from the returned text.")
+    stop: Stop = Field(None, description="Up to 16 strings; cut from the returned text.",
+                       json_schema_extra={"maxItems": MAX_STOP})
     seed: StrictInt | None = Field(None, ge=-(2**63), le=2**63 - 1,
                                    description="Choice i samples with seed + i.")
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Only 0 is supported.")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Only 0 is supported.")
-    logit_bias: dict[str, float] | None = Field(None, description="Only an empty map is supported.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Only 0 is supported.",
+                                           json_schema_extra=ZERO)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Only 0 is supported.",
+                                            json_schema_extra=ZERO)
+    logit_bias: dict[str, float] | None = Field(None, description="Only an empty map is supported.",
+                                                json_schema_extra={"maxProperties": 0})
     user: str | None = None
     # extensions understood by vLLM and TGI's OpenAI routes
     top_k: StrictInt | None = Field(None, ge=0)
@@ -69,9 +77,13 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool | None = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only \"none\" or \"auto\".")
-    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"}.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.",
+                                               json_schema_extra={"maxItems": 0})
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Only \"none\" or \"auto\".",
+                                                     json_schema_extra={"enum": ["none", "auto", None]})
+    response_format: dict[str, Any] | None = Field(
+        None, description="Only {\"type\": \"text\"}.",
+        json_schema_extra={"properties": {"type": {"const": "text"}}})
 
 
 class CompletionRequest(_Sampling):
@@ -81,7 +93,8 @@ class CompletionRequest(_Sampling):
     echo: StrictBool | None = False
     logprobs: StrictInt | None = Field(None, ge=0, le=5)
     best_of: StrictInt | None = Field(None, ge=1, le=MAX_N)
-    suffix: str | None = Field(None, description="Not supported: must be absent or empty.")
+    suffix: str | None = Field(None, description="Not supported: must be absent or empty.",
+                               json_schema_extra={"maxLength": 0})
 
 
 # ---- responses (documentation for /openapi.json; the handlers build plain dicts) ----
