@@ -27,6 +27,14 @@ from server.engine.scheduler import EngineUnavailable, QueueFull
 from server.engine.service import Engine
 
 
+def require_ready(engine: Engine) -> None:
+    """503 (with Retry-After) until the model is loaded, before anything touches the tokenizer."""
+    if engine.limits is None or engine.loaded is None:
+        raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
+    if engine.draining:
+        raise ApiError(503, "the server is shutting down", kind="unavailable", headers={"Retry-After": "5"})
+
+
 def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
                 defaults: dict[str, Any] | None = None) -> GenerationParams:
     if engine.limits is None:

@@ -31,7 +31,7 @@ MAX_INPUTS = 64
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     inputs: list[str] = Field(..., min_length=1, max_length=MAX_INPUTS)
     parameters: dict[str, Any] = Field(
@@ -76,8 +76,7 @@ def _prepare() -> tuple[Engine, list[Any], PredictRequest]:
         body = PredictRequest.model_validate(read_json_object(request))
     except ValidationError as exc:
         raise ApiError(400, pydantic_message(exc)) from None
-    if engine.limits is None:
-        engine_calls.make_params(engine, {}, 1)  # raises the 503
+    engine_calls.require_ready(engine)
     reqs = []
     for k, text in enumerate(body.inputs):
         ids = engine.encode(text)

@@ -268,6 +268,7 @@ def chat_completions() -> Response:
         raise ApiError(400, "response_format other than text is not supported", param="response_format")
     if body.top_logprobs and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+    engine_calls.require_ready(engine)
     ids = _chat_ids(engine, body)
     kw = _kwargs(body, body.max_completion_tokens or body.max_tokens)
     if body.logprobs:
@@ -403,8 +404,7 @@ def completions() -> Response:
         raise ApiError(400, "best_of must be greater than or equal to n", param="best_of")
     if body.stream and best_of > n:
         raise ApiError(400, "best_of > n cannot be streamed", param="best_of")
-    if engine.limits is None:
-        engine_calls.make_params(engine, {}, 1)  # raises the 503
+    engine_calls.require_ready(engine)
     prompt_ids, prompt_texts = _completion_prompts(engine, body.prompt)
     kw = _kwargs(body, body.max_tokens or COMPLETIONS_MAX_TOKENS)
     if body.logprobs is not None:

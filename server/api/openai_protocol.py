@@ -22,7 +22,7 @@ ZERO = {"minimum": 0, "maximum": 0}
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: StrictBool | None = None
 
@@ -30,7 +30,7 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     """Fields shared by chat and legacy completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(None, description="Any name is accepted; the answer names the served model.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
@@ -57,14 +57,14 @@ class _Sampling(BaseModel):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None

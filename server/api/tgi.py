@@ -321,8 +321,7 @@ def _stream(engine: Engine, plan: _Plan) -> Response:
 def _plan(model: type[BaseModel]) -> tuple[Engine, _Plan, Any]:
     engine = _engine()
     body = _read(model)
-    if engine.limits is None:
-        engine_calls.make_params(engine, {}, 1)  # raises the 503
+    engine_calls.require_ready(engine)
     return engine, _Plan(engine, body), body
 
 

@@ -27,7 +27,7 @@ def _null_only(schema: dict[str, Any]) -> None:
 
 
 class Parameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     best_of: StrictInt | None = Field(None, ge=1, le=MAX_BEST_OF)
     decoder_input_details: StrictBool | None = False
@@ -63,7 +63,7 @@ class Parameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     inputs: str = Field(..., min_length=1)
     parameters: Parameters | None = None
