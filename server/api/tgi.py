@@ -268,6 +268,7 @@ def _stream(engine: Engine, plan: _Plan) -> Response:
     special = set(engine.tokenizer.all_special_ids)
     prefix = plan.inputs if plan.p.return_full_text else ""
     want_details = bool(plan.p.details)
+    score_missing = want_details or bool(plan.top_n)
 
     def body() -> Iterator[str]:
         ids: list[int] = []
@@ -284,19 +285,20 @@ def _stream(engine: Engine, plan: _Plan) -> Response:
                 if d.token_ids:
                     if pending is not None:
                         yield sse(pending)
-                    for tid in d.token_ids:
-                        ids.append(tid)
-                        if len(lps) < len(ids):  # the engine gave no logprob: score this token
-                            got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps),
-                                                    plan.top_n)
-                            lps.extend(got)
-                            tops.extend(top or [[] for _ in got])
-                    token = _token(engine, ids[-1], d.text, lps[len(ids) - 1], special)
+                    ids.extend(d.token_ids)
+                    if len(lps) < len(ids) and score_missing:
+                        # Stopgap for engines that deliver logprobs only after the last token: one
+                        # forward pass per token, so only when the client asked for details.
+                        got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps), plan.top_n)
+                        lps.extend(got)
+                        tops.extend(top or [[] for _ in got])
+                    logprob = lps[len(ids) - 1] if len(lps) >= len(ids) else None
+                    token = _token(engine, ids[-1], d.text, logprob, special)
                     event: dict[str, Any] = {"index": len(ids), "token": token, "top_tokens": None,
                                              "generated_text": None, "details": None}
                     if plan.p.top_n_tokens:
-                        event["top_tokens"] = _alternatives(engine, tops[len(ids) - 1] if tops else [],
-                                                            special)[: plan.p.top_n_tokens]
+                        step = tops[len(ids) - 1] if len(tops) >= len(ids) else []
+                        event["top_tokens"] = _alternatives(engine, step, special)[: plan.p.top_n_tokens]
                     pending = event
                 elif d.text and pending is not None:
                     pending["token"]["text"] += d.text
