@@ -56,6 +56,8 @@ def _install_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> Response:
         resp = jsonify({"detail": exc.description, "error": exc.name})
         resp.status_code = exc.code or 500
+        if getattr(exc, "valid_methods", None):  # 405 must list what is allowed (RFC 9110)
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)
         return resp
 
     @app.errorhandler(Exception)

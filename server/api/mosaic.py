@@ -12,7 +12,7 @@ reads): one `{"outputs": ["<new text>"]}` object per chunk. Errors: `{"error": "
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,7 +33,7 @@ MAX_INPUTS = 64
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: list[str] = Field(..., min_length=1, max_length=MAX_INPUTS)
+    inputs: list[Annotated[str, Field(min_length=1)]] = Field(..., min_length=1, max_length=MAX_INPUTS)
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Any `generate` option; defaults temperature 0.8 (0 = greedy), top_p 0.95, top_k 50, "

@@ -15,6 +15,9 @@ MAX_N = 16
 MAX_STOP = 16
 
 StopString = Annotated[str, Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
+Texts = Annotated[list[Text], Field(min_length=1)]
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 Stop = StopString | list[StopString] | None
 # What /openapi.json advertises for fields whose only supported value is "off" (the handler rejects
 # the rest with a clearer message than a schema error).
@@ -87,7 +90,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]] = Field(
+    prompt: Text | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)] = Field(
         ..., description="Text, a list of texts, token ids, or a list of token-id lists.")
     max_tokens: StrictInt | None = Field(None, ge=1, description="Default 16, as OpenAI.")
     echo: StrictBool | None = False

@@ -41,9 +41,17 @@ def _json(description: str, ref: dict[str, Any] | None = None) -> dict[str, Any]
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _sse(description: str, ref: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"text/event-stream": {"schema": ref or {"type": "string"}}}}
+def _sse_event(payload: dict[str, Any] | None = None, note: str = "") -> dict[str, Any]:
+    """One Server-Sent Event as OpenAPI 3.1 tools read it: `data` is the text after `data:`."""
+    data: dict[str, Any] = {"type": "string", "description": note}
+    if payload is not None:
+        data.update(contentMediaType="application/json", contentSchema=payload)
+    return {"type": "object", "required": ["data"],
+            "properties": {"data": data, "event": {"type": "string"}, "id": {"type": "string"}}}
+
+
+def _sse(description: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"text/event-stream": {"schema": event}}}
 
 
 @cache
@@ -75,6 +83,11 @@ def document() -> dict[str, Any]:
         desc = schemas[name]["properties"][field].get("description")
         schemas[name]["properties"][field] = {**gk, **({"description": desc} if desc else {})}
 
+    kaito_name = keys[(kaito.ChatRequest, "validation")]["$ref"].rsplit("/", 1)[-1]
+    schemas[kaito_name]["oneOf"] = [  # exactly one of a prompt string or a messages list
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ]
     detail = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
     schemas["KaitoError"] = detail
     kaito_err = {"$ref": _REF.format(model="KaitoError")}
@@ -94,34 +107,36 @@ def document() -> dict[str, Any]:
     def get(summary: str, tag: str, ok: dict[str, Any]) -> dict[str, Any]:
         return {"get": {"summary": summary, "tags": [tag], "responses": {"200": ok}}}
 
+    oa_event = _sse_event(note="a JSON chunk, then the literal [DONE]")
+    tgi_event = _sse_event({"anyOf": [out(tgi_protocol.StreamResponse), tgi_err]})
     kaito_chat = post("Kaito chat / text generation (`prompt` or `messages`; `stream` for SSE)", "kaito",
                       ref(kaito.ChatRequest),
                       {"description": "`{\"Result\": text}`, or SSE when stream=true", "content": {
                           "application/json": {"schema": {"type": "object",
                                                           "properties": {"Result": {"type": "string"}}}},
-                          "text/event-stream": {"schema": {"type": "string"}}}},
+                          "text/event-stream": {"schema": oa_event}}},
                       kaito_err, ("400", "413", "415", "422", "503"))
     chat = post("OpenAI chat completion (SSE when stream=true)", "openai",
                 ref(openai_protocol.ChatCompletionRequest),
                 {"description": "completion or SSE chunks", "content": {
                     "application/json": {"schema": out(openai_protocol.ChatCompletion)},
-                    "text/event-stream": {"schema": {"type": "string"}}}}, oa_err)
+                    "text/event-stream": {"schema": oa_event}}}, oa_err)
     completions = post("OpenAI legacy completion (SSE when stream=true)", "openai",
                        ref(openai_protocol.CompletionRequest),
                        {"description": "completion or SSE chunks", "content": {
                            "application/json": {"schema": out(openai_protocol.Completion)},
-                           "text/event-stream": {"schema": {"type": "string"}}}}, oa_err)
+                           "text/event-stream": {"schema": oa_event}}}, oa_err)
     tgi_codes = ("400", "413", "422", "424", "429", "503")
     generate = post("TGI generate", "tgi", ref(tgi_protocol.GenerateRequest),
                     _json("generated text", out(tgi_protocol.GenerateResponse)), tgi_err, tgi_codes)
     generate_stream = post("TGI generate, one SSE event per token", "tgi", ref(tgi_protocol.GenerateRequest),
-                           _sse("`data:` events (StreamResponse)"), tgi_err, tgi_codes)
+                           _sse("`data:` events (StreamResponse)", tgi_event), tgi_err, tgi_codes)
     compat = post("TGI / LoRAX compatibility route (what their Python clients call)", "tgi",
                   ref(tgi_protocol.CompatRequest),
                   {"description": "a list of one GenerateResponse, or SSE when stream=true", "content": {
                       "application/json": {"schema": {"type": "array",
                                                       "items": out(tgi_protocol.GenerateResponse)}},
-                      "text/event-stream": {"schema": {"type": "string"}}}}, tgi_err, tgi_codes)
+                      "text/event-stream": {"schema": tgi_event}}}, tgi_err, tgi_codes)
     predict = post("MosaicML predict: one output per input", "mosaicml", ref(mosaic.PredictRequest),
                    _json("outputs", out(mosaic.PredictResponse)), mosaic_err)
     predict_stream = post("MosaicML predict, one input, newline-delimited JSON chunks", "mosaicml",

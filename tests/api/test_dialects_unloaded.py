@@ -72,3 +72,8 @@ def test_validation_errors(client: FlaskClient, path: str, body: dict, status: i
         assert field in data["error"]
         if path == "/generate":
             assert data["error_type"] == "validation"
+
+
+def test_wrong_method_lists_allowed_ones(client: FlaskClient) -> None:
+    r = client.get("/generate")
+    assert r.status_code == 405 and "POST" in r.headers["Allow"]

@@ -74,6 +74,10 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     (openai_protocol.CompletionRequest, {"prompt": "x", "logprobs": 6}),
     (openai_protocol.CompletionRequest, {"prompt": 5}),
     (openai_protocol.CompletionRequest, {}),
+    (openai_protocol.CompletionRequest, {"prompt": ""}),
+    (openai_protocol.CompletionRequest, {"prompt": []}),
+    (openai_protocol.CompletionRequest, {"prompt": [[]]}),
+    (openai_protocol.CompletionRequest, {"prompt": ["a", ""]}),
     (openai_protocol.CompletionRequest, {"prompt": "x", "temperature": "0.5"}),
     (openai_protocol.CompletionRequest, {"prompt": "x", "temperature": True}),
     (openai_protocol.CompletionRequest, {"prompt": "x", "temperature": 1}),
@@ -91,10 +95,22 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     (mosaic.PredictRequest, {"inputs": ["a", "b"], "parameters": {"temperature": 0}}),
     (mosaic.PredictRequest, {"inputs": []}),
     (mosaic.PredictRequest, {"inputs": "a"}),
+    (mosaic.PredictRequest, {"inputs": [""]}),
     (kaito.ChatRequest, {"prompt": "x", "generate_kwargs": {"max_new_tokens": 3}}),
     (kaito.ChatRequest, {"messages": MSG, "return_full_text": "no"}),
     (kaito.ChatRequest, {"messages": []}),
 ]
+
+
+@pytest.mark.parametrize("body,ok", [
+    ({"prompt": "x"}, True),
+    ({"messages": MSG}, True),
+    ({"prompt": "x", "messages": MSG}, False),
+    ({"prompt": None, "messages": None}, False),
+    ({}, False),
+])
+def test_kaito_schema_needs_exactly_one_of_prompt_and_messages(body: dict, ok: bool) -> None:
+    assert _schema_accepts(kaito.ChatRequest, body) is ok
 
 
 @pytest.mark.parametrize("model,body", CASES)
