@@ -40,6 +40,10 @@ class PredictRequest(BaseModel):
                     "max_new_tokens 256. `stop` (str or list) cuts the output at a stop string.")
 
 
+class PredictStreamRequest(PredictRequest):
+    inputs: list[Annotated[str, Field(min_length=1)]] = Field(..., min_length=1, max_length=1)
+
+
 class PredictResponse(BaseModel):
     outputs: list[str]
 
@@ -70,10 +74,10 @@ def _api_error(exc: ApiError) -> Response:
 register_renderer(bp.name, _api_error)
 
 
-def _prepare() -> tuple[Engine, list[Any], PredictRequest]:
+def _prepare(model: type[PredictRequest]) -> tuple[Engine, list[Any], PredictRequest]:
     engine = _engine()
     try:
-        body = PredictRequest.model_validate(read_json_object(request))
+        body = model.model_validate(read_json_object(request))
     except ValidationError as exc:
         raise ApiError(400, pydantic_message(exc)) from None
     engine_calls.require_ready(engine)
@@ -94,7 +98,7 @@ def _prepare() -> tuple[Engine, list[Any], PredictRequest]:
 @bp.post("/predict")
 @bp.post("/v1/predict")
 def predict() -> Response:
-    engine, reqs, _ = _prepare()
+    engine, reqs, _ = _prepare(PredictRequest)
     results = engine_calls.run_many(engine, reqs)
     outputs = [engine_calls.final_text(engine, res[0], r.params.stop)[0] for r, res in zip(reqs, results,
                                                                                             strict=True)]
@@ -105,9 +109,7 @@ def predict() -> Response:
 @bp.post("/predict_stream")
 @bp.post("/v1/predict_stream")
 def predict_stream() -> Response:
-    engine, reqs, body = _prepare()
-    if len(reqs) != 1:
-        raise ApiError(400, "predict_stream takes exactly one input")
+    engine, reqs, _ = _prepare(PredictStreamRequest)
     req = reqs[0]
     deltas = engine_calls.stream_text(engine, req)
 

@@ -59,6 +59,7 @@ def document() -> dict[str, Any]:
     requests: list[type[BaseModel]] = [
         kaito.ChatRequest, openai_protocol.ChatCompletionRequest, openai_protocol.CompletionRequest,
         tgi_protocol.GenerateRequest, tgi_protocol.CompatRequest, mosaic.PredictRequest,
+        mosaic.PredictStreamRequest,
     ]
     responses: list[type[BaseModel]] = [
         openai_protocol.ChatCompletion, openai_protocol.Completion, openai_protocol.ModelList,
@@ -78,7 +79,8 @@ def document() -> dict[str, Any]:
 
     # generate_kwargs / parameters: the accepted keys and their types
     gk = _generate_kwargs_schema()
-    for model, field in ((kaito.ChatRequest, "generate_kwargs"), (mosaic.PredictRequest, "parameters")):
+    for model, field in ((kaito.ChatRequest, "generate_kwargs"), (mosaic.PredictRequest, "parameters"),
+                         (mosaic.PredictStreamRequest, "parameters")):
         name = keys[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
         desc = schemas[name]["properties"][field].get("description")
         schemas[name]["properties"][field] = {**gk, **({"description": desc} if desc else {})}
@@ -140,7 +142,7 @@ def document() -> dict[str, Any]:
     predict = post("MosaicML predict: one output per input", "mosaicml", ref(mosaic.PredictRequest),
                    _json("outputs", out(mosaic.PredictResponse)), mosaic_err)
     predict_stream = post("MosaicML predict, one input, newline-delimited JSON chunks", "mosaicml",
-                          ref(mosaic.PredictRequest),
+                          ref(mosaic.PredictStreamRequest),
                           {"description": "one PredictStreamChunk per line",
                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, mosaic_err)
 

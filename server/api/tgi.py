@@ -117,7 +117,7 @@ class _Plan:
 
     def __init__(self, engine: Engine, body: GenerateRequest) -> None:
         p = body.parameters or Parameters()
-        if p.adapter_id or p.merged_adapters:
+        if p.adapter_id or p.merged_adapters is not None:
             raise ApiError(400, "adapters are not supported yet (adapter_id / merged_adapters)",
                            kind="adapters")
         if p.frequency_penalty:

@@ -38,7 +38,8 @@ def test_every_route_is_documented() -> None:
 def _schema_accepts(model: type[BaseModel], body: Any) -> bool:
     path = {kaito.ChatRequest: "/chat", openai_protocol.ChatCompletionRequest: "/v1/chat/completions",
             openai_protocol.CompletionRequest: "/v1/completions", tgi_protocol.GenerateRequest: "/generate",
-            tgi_protocol.CompatRequest: "/", mosaic.PredictRequest: "/predict"}[model]
+            tgi_protocol.CompatRequest: "/", mosaic.PredictRequest: "/predict",
+            mosaic.PredictStreamRequest: "/predict_stream"}[model]
     ref = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     schema = {**ref, "components": DOC["components"]}
     return jsonschema.Draft202012Validator(schema).is_valid(body)
@@ -96,6 +97,8 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     (mosaic.PredictRequest, {"inputs": []}),
     (mosaic.PredictRequest, {"inputs": "a"}),
     (mosaic.PredictRequest, {"inputs": [""]}),
+    (mosaic.PredictStreamRequest, {"inputs": ["a"]}),
+    (mosaic.PredictStreamRequest, {"inputs": ["a", "b"]}),
     (kaito.ChatRequest, {"prompt": "x", "generate_kwargs": {"max_new_tokens": 3}}),
     (kaito.ChatRequest, {"messages": MSG, "return_full_text": "no"}),
     (kaito.ChatRequest, {"messages": []}),
@@ -129,12 +132,15 @@ def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> N
     assert _schema_accepts(mosaic.PredictRequest, {"inputs": ["x"], "parameters": kwargs}) is ok
 
 
-@pytest.mark.parametrize("body", [
-    {"messages": MSG, "frequency_penalty": 1},
-    {"messages": MSG, "tools": [{"type": "function"}]},
-    {"messages": MSG, "logit_bias": {"1": 2}},
+@pytest.mark.parametrize("model,body", [
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "frequency_penalty": 1}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "tools": [{"type": "function"}]}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "logit_bias": {"1": 2}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"merged_adapters": {}}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"adapter_id": "a"}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}),
 ])
-def test_unsupported_values_are_outside_the_schema(body: dict) -> None:
+def test_unsupported_values_are_outside_the_schema(model: type[BaseModel], body: dict) -> None:
     # the model lets them through so the handler can say clearly why they are refused
-    assert _model_accepts(openai_protocol.ChatCompletionRequest, body)
-    assert not _schema_accepts(openai_protocol.ChatCompletionRequest, body)
+    assert _model_accepts(model, body)
+    assert not _schema_accepts(model, body)

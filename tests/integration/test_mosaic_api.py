@@ -77,7 +77,7 @@ def test_bad_input_is_400_with_error(base_url: str, body: dict, needle: str) -> 
 
 def test_stream_takes_one_input(base_url: str) -> None:
     r = _predict(base_url, {"inputs": PROMPTS, "parameters": GREEDY}, "/predict_stream")
-    assert r.status_code == 400 and "one input" in r.json()["error"]
+    assert r.status_code == 400 and "inputs" in r.json()["error"] and "at most 1" in r.json()["error"]
 
 
 def test_not_json_is_400(base_url: str) -> None:
