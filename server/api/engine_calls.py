@@ -137,7 +137,8 @@ class _SeqText:
 
 def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens: bool = True,
                 clean_up_tokenization_spaces: bool = False, strip_stop: bool = True) -> Iterator[TextDelta]:
-    """Submit, then yield text deltas per sequence; the last delta of each carries finish_reason.
+    """Submit now (overload errors raise here, before any response starts), then return an iterator
+    of text deltas per sequence; the last delta of each carries finish_reason.
 
     With `strip_stop`, stop strings are cut from the text (never sent), and text that could be the
     start of a stop string is held back until it is known not to be; without it, the text ends with
