@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
+CLIENTS_VENV := .venv-clients
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench soak clean image image-test plan
+.PHONY: install model run test lint bench soak clean image image-test plan clients
 
 install: $(VENV)/.installed
 
@@ -26,7 +27,16 @@ $(MODEL_DIR)/config.json: | $(VENV)/.installed
 run: install model
 	PORT=$(PORT) $(PY) -m server
 
-test: install model
+# The real API clients (text-generation, lorax-client, mosaicml-cli) pin huggingface-hub<1.0, so the
+# dialect tests run them from their own venv.
+clients: $(CLIENTS_VENV)/.installed
+
+$(CLIENTS_VENV)/.installed: requirements-clients.txt
+	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-clients.txt
+	touch $@
+
+test: install model clients
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
@@ -57,4 +67,4 @@ plan: install
 	$(PY) -m server.plan --preset $(PRESET) $(if $(GPUS),--gpus $(GPUS))
 
 clean:
-	rm -rf $(VENV) .cache models bench/results
+	rm -rf $(VENV) $(CLIENTS_VENV) .cache models bench/results

@@ -33,9 +33,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.extensions["inferbox.engine"] = engine
     app.extensions["inferbox.settings"] = settings
 
-    from server.api import kaito
+    from server.api import kaito, mosaic, openai, openapi, tgi
 
     app.register_blueprint(kaito.bp)
+    for dialect in (openai, tgi, mosaic, openapi):
+        app.register_blueprint(dialect.bp)
     access_log.install(app)
     _install_error_handlers(app)
     _install_operations(app, settings, engine)
@@ -68,6 +70,8 @@ def _install_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> Response:
         resp = jsonify({"detail": exc.description, "error": exc.name})
         resp.status_code = exc.code or 500
+        if getattr(exc, "valid_methods", None):  # 405 must list what is allowed (RFC 9110)
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)
         return resp
 
     @app.errorhandler(Exception)

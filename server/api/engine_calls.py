@@ -28,6 +28,14 @@ from server.engine.service import Engine
 from server.observability import access_log, metrics
 
 
+def require_ready(engine: Engine) -> None:
+    """503 (with Retry-After) until the model is loaded, before anything touches the tokenizer."""
+    if engine.limits is None or engine.loaded is None:
+        raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
+    if engine.draining:
+        raise ApiError(503, "the server is shutting down", kind="unavailable", headers={"Retry-After": "5"})
+
+
 def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
                 defaults: dict[str, Any] | None = None) -> GenerationParams:
     if engine.limits is None:
@@ -81,16 +89,48 @@ def _wait_limit(engine: Engine) -> float:
 
 def run(engine: Engine, request: GenerationRequest) -> list[SequenceResult]:
     """Submit and wait for every sequence; map engine failures to ApiError."""
-    submit(engine, request)
-    results: list[SequenceResult] = []
+    return run_many(engine, [request])[0]
+
+
+def run_many(engine: Engine, requests: list[GenerationRequest]) -> list[list[SequenceResult]]:
+    """Submit every request first (so the scheduler can batch them), then wait for each."""
+    out: list[list[SequenceResult]] = []
     try:
-        results = collect(request, timeout=_wait_limit(engine))
-        return results
-    except StreamError as exc:
-        raise _stream_error(exc) from None
+        for r in requests:
+            submit(engine, r)
+        for r in requests:
+            try:
+                out.append(collect(r, timeout=_wait_limit(engine)))
+            except StreamError as exc:
+                raise _stream_error(exc) from None
+        return out
     finally:
-        request.stream.cancel()  # no-op when finished; frees the slot when we bail out
-        _account(request, sum(len(r.token_ids) for r in results))
+        for i, r in enumerate(requests):
+            r.stream.cancel()  # no-op when finished; frees the slots when we bail out
+            _account(r, sum(len(x.token_ids) for x in out[i]) if i < len(out) else 0)
+
+
+def ensure_logprobs(engine: Engine, request: GenerationRequest, result: SequenceResult) -> None:
+    """Fill a finished sequence's logprobs by scoring it, where the engine did not deliver them."""
+    params = request.params
+    if not params.logprobs or not result.token_ids:
+        return
+    have_top = not params.top_logprobs or len(result.top_logprobs) >= len(result.token_ids)
+    if len(result.logprobs) >= len(result.token_ids) and have_top:
+        return
+    lps, tops = engine.score(request.input_ids + result.token_ids, request.prompt_tokens,
+                             params.top_logprobs)
+    result.logprobs, result.top_logprobs = lps, tops or []
+
+
+def token_texts(engine: Engine, token_ids: list[int], skip_special_tokens: bool = True,
+                clean_up_tokenization_spaces: bool = False) -> list[str]:
+    """Text each token adds, such that "".join(...) equals the decoded sequence."""
+    detok = IncrementalDetokenizer(engine.tokenizer, skip_special_tokens, clean_up_tokenization_spaces)
+    texts = [detok.add([t]) for t in token_ids]
+    if texts:
+        texts[-1] += detok.flush()
+    return texts
 
 
 def _stream_error(exc: StreamError) -> ApiError:
@@ -119,7 +159,8 @@ class _SeqText:
 
 def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens: bool = True,
                 clean_up_tokenization_spaces: bool = False, strip_stop: bool = True) -> Iterator[TextDelta]:
-    """Submit, then yield text deltas per sequence; the last delta of each carries finish_reason.
+    """Submit now (overload errors raise here, before any response starts), then return an iterator
+    of text deltas per sequence; the last delta of each carries finish_reason.
 
     With `strip_stop`, stop strings are cut from the text (never sent), and text that could be the
     start of a stop string is held back until it is known not to be; without it, the text ends with
@@ -127,6 +168,11 @@ def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens:
     goes away.
     """
     submit(engine, request)
+    return _text_deltas(engine, request, skip_special_tokens, clean_up_tokenization_spaces, strip_stop)
+
+
+def _text_deltas(engine: Engine, request: GenerationRequest, skip_special_tokens: bool,
+                 clean_up_tokenization_spaces: bool, strip_stop: bool) -> Iterator[TextDelta]:
     stops = request.params.stop if strip_stop else ()
     hold = max((len(s) for s in stops), default=1) - 1
     seqs = [_SeqText(IncrementalDetokenizer(engine.tokenizer, skip_special_tokens,
@@ -184,3 +230,62 @@ def final_text(engine: Engine, result: SequenceResult, stops: tuple[str, ...],
     if cut != -1:
         text, reason = text[:cut], "stop"
     return text, reason
+
+
+def stream_many(engine: Engine, requests: list[GenerationRequest], skip_special_tokens: bool = True,
+                clean_up_tokenization_spaces: bool = False,
+                strip_stop: bool = True) -> Iterator[tuple[int, TextDelta]]:
+    """Submit every request now (errors raise here), then yield (request index, delta) as they come.
+
+    One request is read on the calling thread; several are read by one pump thread each into a
+    shared queue. Closing the iterator cancels whatever is still running.
+    """
+    try:
+        for r in requests:
+            submit(engine, r)
+    except ApiError:
+        for r in requests:
+            r.stream.cancel()
+        raise
+    return _merge(engine, requests, skip_special_tokens, clean_up_tokenization_spaces, strip_stop)
+
+
+def _merge(engine: Engine, requests: list[GenerationRequest], skip_special: bool, cleanup: bool,
+           strip_stop: bool) -> Iterator[tuple[int, TextDelta]]:
+    import queue
+    import threading
+
+    if len(requests) == 1:
+        for d in _text_deltas(engine, requests[0], skip_special, cleanup, strip_stop):
+            yield 0, d
+        return
+    items: queue.Queue[tuple[int, TextDelta | ApiError | None]] = queue.Queue()
+
+    def pump(i: int, r: GenerationRequest) -> None:
+        try:
+            for d in _text_deltas(engine, r, skip_special, cleanup, strip_stop):
+                items.put((i, d))
+        except ApiError as exc:
+            items.put((i, exc))
+        except Exception:  # never leave the reader waiting
+            items.put((i, ApiError(500, "generation failed", kind="server_error")))
+        finally:
+            items.put((i, None))
+
+    for i, r in enumerate(requests):
+        threading.Thread(target=pump, args=(i, r), name=f"stream-{r.id}", daemon=True).start()
+    open_count = len(requests)
+    try:
+        while open_count:
+            i, item = items.get(timeout=_wait_limit(engine) + 5)
+            if item is None:
+                open_count -= 1
+            elif isinstance(item, ApiError):
+                raise item
+            else:
+                yield i, item
+    except queue.Empty:
+        raise ApiError(500, "request timed out waiting for the engine", kind="server_error") from None
+    finally:
+        for r in requests:
+            r.stream.cancel()

@@ -115,6 +115,7 @@ def chat() -> Response:
         raise ApiError(400, "request needs either `prompt` (text generation) or `messages` (chat)")
     if body.prompt is not None and body.messages is not None:
         raise ApiError(400, "send either `prompt` or `messages`, not both")
+    engine_calls.require_ready(engine)
 
     chat_mode = body.messages is not None
     try:

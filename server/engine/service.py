@@ -130,6 +130,13 @@ class Engine:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
                                      clean_up_tokenization_spaces=clean_up_tokenization_spaces)
 
+    def score(self, input_ids: list[int], start: int = 1,
+              top_n: int = 0) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+        """Logprobs of given tokens (prompt scoring); see server/engine/scoring.py."""
+        from server.engine.scoring import token_logprobs
+
+        return token_logprobs(self._require(), input_ids, start, top_n)
+
     def submit(self, request: GenerationRequest) -> None:
         self._require()
         if self.draining:

@@ -1,0 +1,348 @@
+"""TGI / LoRAX API: `/generate`, `/generate_stream`, `POST /` (compat), `/info` (translation only).
+
+Mappings (README "API dialects" has the table):
+- Sampling is on when `do_sample` is true or any of temperature/top_k/top_p/typical_p is set, as
+  in TGI; a sampled request without `seed` gets a random one, reported in `details.seed`.
+- `best_of` = n sampled candidates (each its own seed); the one with the highest total logprob is
+  answered, the others go to `details.best_of_sequences`.
+- `stop` sequences stay in `generated_text` (TGI does not strip them); finish reasons are
+  `length`, `eos_token`, `stop_sequence`.
+- `decoder_input_details` scores the prompt in one extra forward pass (server/engine/scoring.py).
+- `truncate` keeps the last N input tokens; `watermark` uses transformers' WatermarkingConfig with
+  TGI's gamma 0.5 / delta 2.0; LoRAX `ignore_eos_token` sets min_new_tokens = max_new_tokens.
+- Rejected: non-zero `frequency_penalty`, `grammar`/`response_format` (422), adapters (400 until
+  they land).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from pydantic import BaseModel, ValidationError
+
+from server.api import engine_calls
+from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer
+from server.api.streaming import SSE_HEADERS, sse
+from server.api.tgi_protocol import (
+    DEFAULT_MAX_NEW_TOKENS,
+    MAX_BEST_OF,
+    MAX_STOP_SEQUENCES,
+    CompatRequest,
+    GenerateRequest,
+    Parameters,
+)
+from server.engine.request import GenerationRequest, SequenceResult
+from server.engine.service import Engine
+from server.observability import metrics
+
+bp = Blueprint("tgi", __name__)
+
+VERSION = "2.4.1-inferbox"  # the TGI API version whose wire format this follows
+WATERMARK = {"greenlist_ratio": 0.5, "bias": 2.0}  # TGI's WATERMARK_GAMMA / WATERMARK_DELTA
+_FINISH = {"eos": "eos_token", "stop": "stop_sequence"}
+
+
+def _engine() -> Engine:
+    return current_app.extensions["inferbox.engine"]
+
+
+def _error_type(exc: ApiError) -> tuple[int, str]:
+    if exc.kind == "overloaded":
+        return 429, "overloaded"
+    if exc.kind == "unavailable":
+        return 503, "unavailable"
+    if exc.status >= 500:
+        return 424, "generation"
+    if exc.kind == "adapters":
+        return 400, "validation"
+    if exc.status == 400:
+        return 422, "validation"
+    return exc.status, "validation"
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    status, kind = _error_type(exc)
+    resp = jsonify({"error": exc.message, "error_type": kind})
+    resp.status_code = status
+    resp.headers.update(exc.headers)
+    return resp
+
+
+register_renderer(bp.name, _api_error)
+
+
+def _read(model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate(read_json_object(request))
+    except ValidationError as exc:
+        raise ApiError(422, pydantic_message(exc)) from None
+
+
+@bp.get("/info")
+def info() -> Response:
+    engine = _engine()
+    settings = engine.settings
+    loaded, limits = engine.loaded, engine.limits
+    context = limits.context_length if limits else 0
+    return jsonify({
+        "model_id": settings.served_model_name,
+        "model_sha": None,
+        "model_dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
+        "model_device_type": loaded.device.type if loaded else None,
+        "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": settings.max_queued_requests,
+        "max_best_of": MAX_BEST_OF,
+        "max_stop_sequences": MAX_STOP_SEQUENCES,
+        "max_input_tokens": max(0, context - 1),
+        "max_input_length": max(0, context - 1),
+        "max_total_tokens": context,
+        "max_batch_total_tokens": settings.max_batch_tokens,
+        "validation_workers": 1,
+        "max_client_batch_size": 1,
+        "router": "inferbox",
+        "version": VERSION,
+        "sha": None,
+        "docker_label": None,
+    })
+
+
+# ---------------------------------------------------------------- translation
+
+class _Plan:
+    """A validated TGI request turned into engine requests plus what the answer needs."""
+
+    def __init__(self, engine: Engine, body: GenerateRequest) -> None:
+        p = body.parameters or Parameters()
+        if p.adapter_id or p.merged_adapters is not None:
+            raise ApiError(400, "adapters are not supported yet (adapter_id / merged_adapters)",
+                           kind="adapters")
+        if p.frequency_penalty:
+            raise ApiError(422, "frequency_penalty is not supported (only 0); use repetition_penalty")
+        if p.grammar is not None:
+            raise ApiError(422, "grammar (constrained decoding) is not supported")
+        if p.response_format is not None:
+            raise ApiError(422, "response_format (constrained decoding) is not supported")
+        if any(not s for s in p.stop or []):
+            raise ApiError(422, "stop sequences must not be empty")
+        self.p = p
+        self.inputs = body.inputs
+        self.sampling = bool(p.do_sample or p.temperature is not None and p.temperature != 1.0
+                             or p.top_k or p.top_p is not None or p.typical_p is not None)
+        self.best_of = p.best_of or 1
+        if self.best_of > 1 and not self.sampling:
+            raise ApiError(422, "you must use sampling when `best_of` is > 1")
+        if self.best_of > 1 and p.seed is not None:
+            raise ApiError(422, "`seed` must not be set when `best_of` is > 1")
+        ids = engine.encode(body.inputs)
+        if p.truncate is not None:
+            ids = ids[-p.truncate:]
+        if not ids:
+            raise ApiError(422, "`inputs` is empty after tokenization")
+        self.input_ids = ids
+        self.top_n = max(p.top_n_tokens or 0, p.return_k_alternatives or 0)
+        kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                              "do_sample": self.sampling, "logprobs": True, "top_logprobs": self.top_n}
+        for name in ("repetition_penalty", "temperature", "top_k", "top_p", "typical_p"):
+            if getattr(p, name) is not None:
+                kw[name] = getattr(p, name)
+        if not self.sampling:
+            kw.update(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0)
+        if p.stop:
+            kw["stop"] = list(p.stop)
+        if p.watermark:
+            kw["watermarking_config"] = dict(WATERMARK)
+        if p.ignore_eos_token:
+            kw["min_new_tokens"] = kw["max_new_tokens"]
+        self.requests: list[GenerationRequest] = []
+        self.seeds: list[int | None] = []
+        for _ in range(self.best_of):
+            seed = None
+            if self.sampling:
+                seed = p.seed if p.seed is not None else random.getrandbits(63)
+                kw["seed"] = seed
+            params = _params(engine, kw, len(ids))
+            self.requests.append(engine_calls.new_request(engine, ids, params))
+            self.seeds.append(seed)
+
+
+def _params(engine: Engine, kw: dict[str, Any], prompt_tokens: int) -> Any:
+    try:
+        # no dialect defaults beyond TGI's own: the model's generation config stays the base
+        return engine_calls.make_params(engine, kw, prompt_tokens, {"top_k": 0, "top_p": 1.0,
+                                                                    "typical_p": 1.0, "temperature": 1.0})
+    except ApiError as exc:
+        msg = exc.message.replace("generate_kwargs", "parameters")
+        raise ApiError(exc.status, msg, exc.kind, exc.param, exc.headers) from None
+
+
+def _token(engine: Engine, tid: int, text: str, logprob: float | None, special: set[int]) -> dict[str, Any]:
+    if tid in special:
+        text = engine.tokenizer.decode([tid], skip_special_tokens=False)
+    return {"id": tid, "text": text, "logprob": logprob, "special": tid in special}
+
+
+def _alternatives(engine: Engine, top: list[tuple[int, float]], special: set[int]) -> list[dict[str, Any]]:
+    return [_token(engine, i, engine.tokenizer.decode([i], skip_special_tokens=False), v, special)
+            for i, v in top]
+
+
+def _finish(reason: str | None) -> str:
+    return _FINISH.get(reason or "length", "length")
+
+
+def _details(engine: Engine, plan: _Plan, req: GenerationRequest, seq: SequenceResult, seed: int | None,
+             prefill: list[dict[str, Any]]) -> dict[str, Any]:
+    special = set(engine.tokenizer.all_special_ids)
+    engine_calls.ensure_logprobs(engine, req, seq)
+    texts = engine_calls.token_texts(engine, seq.token_ids)
+    tokens = []
+    for k, (tid, text) in enumerate(zip(seq.token_ids, texts, strict=True)):
+        tok = _token(engine, tid, text, seq.logprobs[k] if k < len(seq.logprobs) else None, special)
+        if plan.p.return_k_alternatives:
+            tok["alternative_tokens"] = [{"id": a["id"], "text": a["text"], "logprob": a["logprob"]}
+                                         for a in _alternatives(engine, _top(seq, k), special)]
+        tokens.append(tok)
+    out: dict[str, Any] = {
+        "finish_reason": _finish(seq.finish_reason),
+        "prompt_tokens": req.prompt_tokens,
+        "generated_tokens": len(seq.token_ids),
+        "seed": seed,
+        "prefill": prefill,
+        "tokens": tokens,
+    }
+    if plan.p.top_n_tokens:
+        out["top_tokens"] = [_alternatives(engine, _top(seq, k), special)[: plan.p.top_n_tokens]
+                             for k in range(len(seq.token_ids))]
+    return out
+
+
+def _top(seq: SequenceResult, k: int) -> list[tuple[int, float]]:
+    return seq.top_logprobs[k] if k < len(seq.top_logprobs) and seq.top_logprobs[k] else []
+
+
+def _prefill(engine: Engine, plan: _Plan) -> list[dict[str, Any]]:
+    if not plan.p.decoder_input_details:
+        return []
+    ids = plan.input_ids
+    lps, _ = engine.score(ids, 1, 0)
+    texts = [engine.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
+    return [{"id": t, "text": texts[k], "logprob": None if k == 0 else lps[k - 1]} for k, t in enumerate(ids)]
+
+
+def _generate(engine: Engine, plan: _Plan) -> dict[str, Any]:
+    results = [r[0] for r in engine_calls.run_many(engine, plan.requests)]
+    order = list(range(len(results)))
+    if len(results) > 1:
+        for req, seq in zip(plan.requests, results, strict=True):
+            engine_calls.ensure_logprobs(engine, req, seq)
+        order.sort(key=lambda j: -sum(results[j].logprobs))
+    best = order[0]
+    prefix = plan.inputs if plan.p.return_full_text else ""
+    seq = results[best]
+    metrics.record_tokens(len(plan.input_ids), sum(len(r.token_ids) for r in results))
+    out: dict[str, Any] = {"generated_text": prefix + engine.decode(seq.token_ids)}
+    if plan.p.details or plan.p.decoder_input_details:
+        prefill = _prefill(engine, plan)
+        details = _details(engine, plan, plan.requests[best], seq, plan.seeds[best], prefill)
+        if len(results) > 1:
+            details["best_of_sequences"] = []
+            for j in order[1:]:
+                other = _details(engine, plan, plan.requests[j], results[j], plan.seeds[j], prefill)
+                other.pop("prompt_tokens")
+                other["generated_text"] = prefix + engine.decode(results[j].token_ids)
+                details["best_of_sequences"].append(other)
+        out["details"] = details
+    return out
+
+
+def _stream(engine: Engine, plan: _Plan) -> Response:
+    """SSE, one `data:` event per token; the last also carries generated_text and details."""
+    if plan.best_of > 1:
+        raise ApiError(422, "`best_of` != 1 is not supported when streaming")
+    req, seed = plan.requests[0], plan.seeds[0]
+    deltas = engine_calls.stream_text(engine, req, strip_stop=False)
+    special = set(engine.tokenizer.all_special_ids)
+    prefix = plan.inputs if plan.p.return_full_text else ""
+    want_details = bool(plan.p.details)
+    score_missing = want_details or bool(plan.top_n)
+
+    def body() -> Iterator[str]:
+        ids: list[int] = []
+        lps: list[float] = []
+        tops: list[list[tuple[int, float]]] = []
+        text = ""
+        pending: dict[str, Any] | None = None  # the newest token event, sent once the next one exists
+        try:
+            for d in deltas:
+                if d.logprobs:
+                    lps.extend(d.logprobs)
+                    tops.extend(d.top_logprobs or [[] for _ in d.logprobs])
+                text += d.text
+                if d.token_ids:
+                    if pending is not None:
+                        yield sse(pending)
+                    ids.extend(d.token_ids)
+                    if len(lps) < len(ids) and score_missing:
+                        # Stopgap for engines that deliver logprobs only after the last token: one
+                        # forward pass per token, so only when the client asked for details.
+                        got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps), plan.top_n)
+                        lps.extend(got)
+                        tops.extend(top or [[] for _ in got])
+                    logprob = lps[len(ids) - 1] if len(lps) >= len(ids) else None
+                    token = _token(engine, ids[-1], d.text, logprob, special)
+                    event: dict[str, Any] = {"index": len(ids), "token": token, "top_tokens": None,
+                                             "generated_text": None, "details": None}
+                    if plan.p.top_n_tokens:
+                        step = tops[len(ids) - 1] if len(tops) >= len(ids) else []
+                        event["top_tokens"] = _alternatives(engine, step, special)[: plan.p.top_n_tokens]
+                    pending = event
+                elif d.text and pending is not None:
+                    pending["token"]["text"] += d.text
+                if d.finish_reason and pending is not None:
+                    pending["generated_text"] = prefix + text
+                    if want_details:
+                        pending["details"] = {"finish_reason": _finish(d.finish_reason),
+                                              "prompt_tokens": req.prompt_tokens,
+                                              "generated_tokens": len(ids), "seed": seed}
+                    yield sse(pending)
+                    pending = None
+            metrics.record_tokens(req.prompt_tokens, len(ids))
+        except ApiError as exc:
+            _, kind = _error_type(exc)
+            yield sse({"error": exc.message, "error_type": kind})
+        finally:
+            deltas.close()
+
+    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def _plan(model: type[BaseModel]) -> tuple[Engine, _Plan, Any]:
+    engine = _engine()
+    body = _read(model)
+    engine_calls.require_ready(engine)
+    return engine, _Plan(engine, body), body
+
+
+@bp.post("/generate")
+def generate() -> Response:
+    engine, plan, _ = _plan(GenerateRequest)
+    return jsonify(_generate(engine, plan))
+
+
+@bp.post("/generate_stream")
+def generate_stream() -> Response:
+    engine, plan, _ = _plan(GenerateRequest)
+    return _stream(engine, plan)
+
+
+@bp.post("/")
+def compat() -> Response:
+    """What the `text-generation` and `lorax-client` packages call: a list of one, or a stream."""
+    engine, plan, body = _plan(CompatRequest)
+    if body.stream:
+        return _stream(engine, plan)
+    return jsonify([_generate(engine, plan)])

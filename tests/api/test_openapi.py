@@ -1,0 +1,146 @@
+"""/openapi.json: a valid OpenAPI 3.1 document covering every route, whose request schemas accept and
+reject exactly what the handlers' models do (it feeds schemathesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import pytest
+from openapi_spec_validator import validate
+from pydantic import BaseModel, ValidationError
+
+from server.api import kaito, mosaic, openai_protocol, openapi, tgi_protocol
+from server.app import create_app
+from server.config import load_settings
+
+DOC = openapi.document()
+
+
+def test_document_is_valid_openapi() -> None:
+    assert DOC["openapi"].startswith("3.1")
+    validate(DOC)
+
+
+def test_every_route_is_documented() -> None:
+    app = create_app(load_settings({"MODEL_PATH": "/nonexistent"}), load_model=False)
+    client = app.test_client()
+    assert client.get("/openapi.json").get_json() == DOC
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<path:model_id>", "{model_id}")
+        assert path in DOC["paths"], path
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert method.lower() in DOC["paths"][path], (method, path)
+
+
+def _schema_accepts(model: type[BaseModel], body: Any) -> bool:
+    path = {kaito.ChatRequest: "/chat", openai_protocol.ChatCompletionRequest: "/v1/chat/completions",
+            openai_protocol.CompletionRequest: "/v1/completions", tgi_protocol.GenerateRequest: "/generate",
+            tgi_protocol.CompatRequest: "/", mosaic.PredictRequest: "/predict",
+            mosaic.PredictStreamRequest: "/predict_stream"}[model]
+    ref = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = {**ref, "components": DOC["components"]}
+    return jsonschema.Draft202012Validator(schema).is_valid(body)
+
+
+def _model_accepts(model: type[BaseModel], body: Any) -> bool:
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+MSG = [{"role": "user", "content": "hi"}]
+CASES: list[tuple[type[BaseModel], Any]] = [
+    (openai_protocol.ChatCompletionRequest, {"model": "m", "messages": MSG}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "stop": "x", "n": 2, "seed": -5,
+                                             "logprobs": True, "top_logprobs": 3, "stream": True,
+                                             "stream_options": {"include_usage": True}}),
+    (openai_protocol.ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": "text",
+                                                                                      "text": "a"}]}]}),
+    (openai_protocol.ChatCompletionRequest, {"messages": []}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "n": 0}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "n": 1.5}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "temperature": 2.5}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "stop": [""]}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "stream": "true"}),
+    (openai_protocol.ChatCompletionRequest, {"messages": [{"role": "robot", "content": "x"}]}),
+    (openai_protocol.CompletionRequest, {"prompt": "x", "echo": True, "logprobs": 2, "best_of": 2}),
+    (openai_protocol.CompletionRequest, {"prompt": [1, 2, 3]}),
+    (openai_protocol.CompletionRequest, {"prompt": [[1, 2], [3]]}),
+    (openai_protocol.CompletionRequest, {"prompt": ["a", "b"], "max_tokens": 3}),
+    (openai_protocol.CompletionRequest, {"prompt": "x", "logprobs": 6}),
+    (openai_protocol.CompletionRequest, {"prompt": 5}),
+    (openai_protocol.CompletionRequest, {}),
+    (openai_protocol.CompletionRequest, {"prompt": ""}),
+    (openai_protocol.CompletionRequest, {"prompt": []}),
+    (openai_protocol.CompletionRequest, {"prompt": [[]]}),
+    (openai_protocol.CompletionRequest, {"prompt": ["a", ""]}),
+    (openai_protocol.CompletionRequest, {"prompt": "x", "temperature": "0.5"}),
+    (openai_protocol.CompletionRequest, {"prompt": "x", "temperature": True}),
+    (openai_protocol.CompletionRequest, {"prompt": "x", "temperature": 1}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"best_of": 2, "do_sample": True,
+                                                                  "stop": ["a"], "top_p": 0.5}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": None}),
+    (tgi_protocol.GenerateRequest, {"inputs": ""}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"top_p": 1.0}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"temperature": 0}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"stop": [""]}}),
+    (tgi_protocol.CompatRequest, {"inputs": "x", "stream": True}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"repetition_penalty": "1.2"}}),
+    (tgi_protocol.GenerateRequest, {"inputs": 3}),
+    (tgi_protocol.CompatRequest, {"inputs": "x", "stream": 1}),
+    (mosaic.PredictRequest, {"inputs": ["a", "b"], "parameters": {"temperature": 0}}),
+    (mosaic.PredictRequest, {"inputs": []}),
+    (mosaic.PredictRequest, {"inputs": "a"}),
+    (mosaic.PredictRequest, {"inputs": [""]}),
+    (mosaic.PredictStreamRequest, {"inputs": ["a"]}),
+    (mosaic.PredictStreamRequest, {"inputs": ["a", "b"]}),
+    (kaito.ChatRequest, {"prompt": "x", "generate_kwargs": {"max_new_tokens": 3}}),
+    (kaito.ChatRequest, {"messages": MSG, "return_full_text": "no"}),
+    (kaito.ChatRequest, {"messages": []}),
+]
+
+
+@pytest.mark.parametrize("body,ok", [
+    ({"prompt": "x"}, True),
+    ({"messages": MSG}, True),
+    ({"prompt": "x", "messages": MSG}, False),
+    ({"prompt": None, "messages": None}, False),
+    ({}, False),
+])
+def test_kaito_schema_needs_exactly_one_of_prompt_and_messages(body: dict, ok: bool) -> None:
+    assert _schema_accepts(kaito.ChatRequest, body) is ok
+
+
+@pytest.mark.parametrize("model,body", CASES)
+def test_request_schema_matches_model(model: type[BaseModel], body: Any) -> None:
+    assert _schema_accepts(model, body) == _model_accepts(model, body), body
+
+
+@pytest.mark.parametrize("kwargs,ok", [
+    ({"max_new_tokens": 3, "do_sample": True, "num_beams": 2, "watermarking_config": {"bias": 2.0}}, True),
+    ({"bogus_key": 1}, False),
+    ({"max_new_tokens": "3"}, False),
+    ({"top_p": 1.5}, False),
+])
+def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> None:
+    assert _schema_accepts(kaito.ChatRequest, {"prompt": "x", "generate_kwargs": kwargs}) is ok
+    assert _schema_accepts(mosaic.PredictRequest, {"inputs": ["x"], "parameters": kwargs}) is ok
+
+
+@pytest.mark.parametrize("model,body", [
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "frequency_penalty": 1}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "tools": [{"type": "function"}]}),
+    (openai_protocol.ChatCompletionRequest, {"messages": MSG, "logit_bias": {"1": 2}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"merged_adapters": {}}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"adapter_id": "a"}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}),
+])
+def test_unsupported_values_are_outside_the_schema(model: type[BaseModel], body: dict) -> None:
+    # the model lets them through so the handler can say clearly why they are refused
+    assert _model_accepts(model, body)
+    assert not _schema_accepts(model, body)

@@ -1,0 +1,82 @@
+"""Drive a real client library against a running server; print one JSON object of what it saw.
+
+Runs in .venv-clients (text-generation, lorax-client and mosaicml-cli pin huggingface-hub<1.0, which
+the server's venv cannot hold): `python run_client.py <tgi|lorax|mcli> <base_url>`. The pytest side
+(tests/integration/test_real_clients.py) asserts on the output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+PROMPT = "The capital of France is"
+TIMEOUT = 300
+
+
+def _err(fn: Any) -> dict[str, Any]:
+    try:
+        fn()
+    except Exception as exc:  # the client's own exception type is what we check
+        return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": None}
+
+
+def _dump(obj: Any) -> Any:
+    return obj.model_dump(mode="json") if hasattr(obj, "model_dump") else obj
+
+
+def tgi(url: str) -> dict[str, Any]:
+    from text_generation import Client
+    from text_generation.types import Message
+
+    c = Client(url, timeout=TIMEOUT)
+    out: dict[str, Any] = {}
+    r = c.generate(PROMPT, max_new_tokens=5, decoder_input_details=True, top_n_tokens=2)
+    out["plain"] = _dump(r)
+    events = [_dump(e) for e in c.generate_stream(PROMPT, max_new_tokens=5)]
+    out["stream"] = events
+    out["stop"] = _dump(c.generate(PROMPT, max_new_tokens=10, stop_sequences=["."]))
+    out["seed"] = [c.generate(PROMPT, max_new_tokens=8, do_sample=True, seed=7).generated_text
+                   for _ in range(2)]
+    out["best_of"] = _dump(c.generate(PROMPT, max_new_tokens=4, do_sample=True, best_of=2))
+    out["full_text"] = c.generate(PROMPT, max_new_tokens=3, return_full_text=True).generated_text
+    out["too_long"] = _err(lambda: c.generate(PROMPT, max_new_tokens=100000))
+    chat = c.chat([Message(role="user", content="What is the capital of France?")], max_tokens=12,
+                  temperature=0.01, seed=1)
+    out["chat"] = _dump(chat)
+    return out
+
+
+def lorax(url: str) -> dict[str, Any]:
+    from lorax import Client
+
+    c = Client(url, timeout=TIMEOUT)
+    out: dict[str, Any] = {}
+    out["plain"] = _dump(c.generate(PROMPT, max_new_tokens=5, return_k_alternatives=2))
+    out["stream"] = [_dump(e) for e in c.generate_stream(PROMPT, max_new_tokens=5)]
+    out["stop"] = _dump(c.generate(PROMPT, max_new_tokens=10, stop_sequences=["."]))
+    out["seed"] = [c.generate(PROMPT, max_new_tokens=8, do_sample=True, seed=7).generated_text
+                   for _ in range(2)]
+    out["ignore_eos"] = _dump(c.generate("Say hi.", max_new_tokens=6, ignore_eos_token=True))
+    out["adapter"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id="some/adapter"))
+    return out
+
+
+def mcli(url: str) -> dict[str, Any]:
+    from mcli import predict
+
+    body = {"inputs": [PROMPT, "The capital of Germany is"], "parameters": {"max_new_tokens": 5,
+                                                                             "temperature": 0}}
+    out: dict[str, Any] = {"plain": predict(url, body, timeout=TIMEOUT)}
+    out["stream"] = list(predict(url, {"inputs": [PROMPT], "parameters": {"max_new_tokens": 5,
+                                                                          "temperature": 0}},
+                                 timeout=TIMEOUT, stream=True))
+    out["bad"] = _err(lambda: predict(url, {"inputs": "not a list"}, timeout=TIMEOUT))
+    return out
+
+
+if __name__ == "__main__":
+    which, base = sys.argv[1], sys.argv[2]
+    print(json.dumps({"tgi": tgi, "lorax": lorax, "mcli": mcli}[which](base)))
