@@ -78,6 +78,8 @@ class _Typed(BaseModel):
     output_hidden_states: StrictBool | None = None
     renormalize_logits: StrictBool | None = None
     remove_invalid_values: StrictBool | None = None
+    watermarking_config: dict[str, Any] | None = None
+    sequence_bias: list[tuple[list[StrictInt], float]] | dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,22 @@ _NAMED = {
     "output_scores", "output_logits", "return_dict_in_generate", "output_attentions",
     "output_hidden_states", "use_cache",
 }
+
+
+# Options holding token ids, checked against the vocabulary (generate would index out of bounds).
+TOKEN_ID_OPTIONS = ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id",
+                    "forced_eos_token_id", "bos_token_id")
+
+
+def _ints(value: Any) -> list[int]:
+    """Every integer inside a nested list/int value (bools excluded)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [i for v in value for i in _ints(v)]
+    return []
 
 
 def _format_error(exc: ValidationError) -> str:
@@ -175,6 +193,15 @@ def build_params(
     for tid in (*eos_ids, merged.get("pad_token_id", limits.pad_token_id)):
         if not 0 <= int(tid) < limits.vocab_size:
             raise InvalidParams(f"token id {tid} is outside the vocabulary (size {limits.vocab_size})")
+    for key in TOKEN_ID_OPTIONS:
+        for tid in _ints(client.get(key)):
+            if not 0 <= tid < limits.vocab_size:
+                raise InvalidParams(f"{key}: token id {tid} is outside the vocabulary "
+                                    f"(size {limits.vocab_size})")
+        if key in ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens") and client.get(key) == []:
+            raise InvalidParams(f"{key} must not be empty (leave it out instead)")
+    if "bad_words_ids" in client and any(not seq for seq in client["bad_words_ids"]):
+        raise InvalidParams("bad_words_ids must not contain an empty list")
 
     stop: list[str] = []
     for key in ("stop_strings", "stop"):
@@ -219,8 +246,8 @@ def _check_with_transformers(params: GenerationParams) -> None:
             warnings.simplefilter("ignore")
             config = GenerationConfig(**kwargs)
             config.validate()
-    except (ValueError, TypeError) as exc:
-        raise InvalidParams(f"invalid generate_kwargs: {exc}") from None
+    except Exception as exc:  # any rejection by transformers is about these values
+        raise InvalidParams(f"invalid generate_kwargs: {type(exc).__name__}: {exc}") from None
     beams = int(kwargs.get("num_beams") or 1)
     if not params.do_sample and params.num_return_sequences > beams:
         raise InvalidParams(

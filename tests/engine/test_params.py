@@ -67,6 +67,12 @@ def test_stop_strings_and_seed() -> None:
         ({"eos_token_id": 5000}, "vocabulary"),
         ({"stop_strings": [""]}, "stop"),
         ({"num_return_sequences": 2, "do_sample": False, "max_new_tokens": 5}, "num_return_sequences"),
+        ({"watermarking_config": 0.5}, "watermarking_config"),
+        ({"bad_words_ids": []}, "bad_words_ids"),
+        ({"bad_words_ids": [[]]}, "bad_words_ids"),
+        ({"bad_words_ids": [[5000]]}, "bad_words_ids"),
+        ({"suppress_tokens": [-1]}, "suppress_tokens"),
+        ({"forced_eos_token_id": 99999}, "forced_eos_token_id"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs: dict, needle: str) -> None:
