@@ -7,7 +7,7 @@ Every dialect maps its own fields onto `generate` names and calls `build_params`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from transformers import GenerationConfig
@@ -45,7 +45,7 @@ class _Typed(BaseModel):
     min_length: StrictInt | None = Field(None, ge=0)
     min_new_tokens: StrictInt | None = Field(None, ge=0)
     do_sample: StrictBool | None = None
-    early_stopping: StrictBool | str | None = None
+    early_stopping: StrictBool | Literal["never"] | None = None
     num_beams: StrictInt | None = Field(None, ge=1, le=MAX_BEAMS)
     num_beam_groups: StrictInt | None = Field(None, ge=1, le=MAX_BEAMS)
     num_return_sequences: StrictInt | None = Field(None, ge=1, le=MAX_SEQUENCES)
@@ -79,7 +79,15 @@ class _Typed(BaseModel):
     renormalize_logits: StrictBool | None = None
     remove_invalid_values: StrictBool | None = None
     watermarking_config: dict[str, Any] | None = None
-    sequence_bias: list[tuple[list[StrictInt], float]] | dict[str, float] | None = None
+    sequence_bias: list[tuple[list[StrictInt], float]] | None = Field(None, min_length=1)
+    epsilon_cutoff: float | None = Field(None, ge=0, lt=1)
+    eta_cutoff: float | None = Field(None, ge=0, lt=1)
+    top_h: float | None = Field(None, gt=0, le=1)
+    encoder_repetition_penalty: float | None = Field(None, gt=0)
+    exponential_decay_length_penalty: tuple[StrictInt, float] | None = None
+    encoder_no_repeat_ngram_size: StrictInt | None = Field(None, ge=0)
+    forced_bos_token_id: StrictInt | None = None
+    forced_eos_token_id: StrictInt | list[StrictInt] | None = None
 
 
 @dataclass(frozen=True)
