@@ -159,5 +159,5 @@ def _logprobs(logits: tuple[torch.Tensor, ...], row: int, tokens: list[int],
         lps.append(float(logp[token]))
         if top_n:
             values, idx = logp.topk(top_n)
-            tops.append([(int(t), float(v)) for t, v in zip(idx.tolist(), values.tolist())])
+            tops.append([(int(t), float(v)) for t, v in zip(idx.tolist(), values.tolist(), strict=True)])
     return lps, (tops if top_n else None)

@@ -16,6 +16,7 @@ from server.engine.request import GenerationRequest
 from server.engine.runner import ModelRunner
 from server.engine.scheduler import EngineUnavailable, Scheduler
 from server.model import loader
+from server.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Engine:
                 max_batch_size=s.max_batch_size,
                 window_s=s.batch_window_ms / 1000.0,
                 max_queued=s.max_queued_requests,
+                max_batch_tokens=s.max_batch_tokens,
+                on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc(),
             )
             self.scheduler.start()
             self.loaded = loaded
