@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -35,6 +36,16 @@ class QueueFull(RuntimeError):
 
 class EngineUnavailable(RuntimeError):
     """The engine is not running (not loaded yet, draining, or its thread died)."""
+
+
+@dataclass
+class SchedulerStats:
+    """Counters for tests and debugging (not exported: the metrics module has the public series)."""
+
+    steps: int = 0  # decode steps
+    prefills: int = 0  # admitted groups
+    peak_rows: int = 0  # most rows decoded in one step
+    peak_tokens: int = 0  # largest padded cache, rows x width, seen in a decode step
 
 
 class Scheduler:
@@ -58,6 +69,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._batch: Batch | None = None
+        self.stats = SchedulerStats()
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         out = self.model.get_output_embeddings()
         self._logits_device = out.weight.device if out is not None else runner.loaded.device
@@ -130,6 +142,10 @@ class Scheduler:
             self._prefill(group)
         batch = self._batch
         if batch:
+            st = self.stats
+            st.steps += 1
+            st.peak_rows = max(st.peak_rows, len(batch))
+            st.peak_tokens = max(st.peak_tokens, len(batch) * (batch.width + 1))
             try:
                 logits = batch.decode(self.model)
                 self._advance(batch, logits)
@@ -169,6 +185,7 @@ class Scheduler:
 
     def _prefill(self, group: list[GenerationRequest]) -> None:
         rows = [self._row(req, j) for req in group for j in range(req.params.num_return_sequences)]
+        self.stats.prefills += 1
         try:
             fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id)
             self._advance(fresh, logits)
