@@ -44,6 +44,65 @@ def supports_batching(model: PreTrainedModel) -> tuple[bool, str]:
     return True, ""
 
 
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` that appends into spare capacity instead of concatenating at every step.
+
+    `DynamicLayer.update` copies the whole layer cache (`torch.cat`) for each new token; here a
+    decode step writes one column and the copy happens once every `HEADROOM` steps. `keys` and
+    `values` stay what transformers expects: views `[B, heads, T, head_dim]` of the valid part.
+    """
+
+    HEADROOM = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._len = 0
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Take these tensors as the layer's whole content (after batch surgery)."""
+        b, h, t, d = keys.shape
+        self._k = keys.new_empty((b, h, t + self.HEADROOM, d))
+        self._v = values.new_empty((b, h, t + self.HEADROOM, values.shape[-1]))
+        self._k[:, :, :t] = keys
+        self._v[:, :, :t] = values
+        self._len = t
+        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._k is None:
+            self.adopt(key_states, value_states)
+            return self.keys, self.values
+        t, n = self._len, key_states.shape[-2]
+        if t + n > self._k.shape[-2]:
+            self.adopt(self._k[:, :, :t], self._v[:, :, :t])
+        self._k[:, :, t:t + n] = key_states
+        self._v[:, :, t:t + n] = value_states
+        self._len = t + n
+        self.keys, self.values = self._k[:, :, :t + n], self._v[:, :, :t + n]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
+
+
+def _set_kv(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    if isinstance(layer, GrowingLayer):
+        layer.adopt(keys, values)
+    else:
+        layer.keys, layer.values = keys, values
+
+
 def input_device(model: PreTrainedModel) -> torch.device:
     """Where inputs go: the embedding's device (the first device of an accelerate-sharded model)."""
     return model.get_input_embeddings().weight.device
@@ -120,7 +179,7 @@ class Batch:
             mask[i, width - r.length:] = 1
         ids, mask = ids.to(device), mask.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
+        cache = new_cache(model)
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         empty = torch.zeros((len(rows), 1), dtype=torch.long, device=device)
@@ -162,8 +221,8 @@ class Batch:
             if layer.is_initialized and layer.keys is not None and layer.keys.numel():
                 dev = layer.keys.device
                 idx = index.to(dev)
-                layer.keys = layer.keys.index_select(0, idx)[:, :, -width:, :]
-                layer.values = layer.values.index_select(0, idx)[:, :, -width:, :]
+                _set_kv(layer, layer.keys.index_select(0, idx)[:, :, -width:, :],
+                        layer.values.index_select(0, idx)[:, :, -width:, :])
 
     def concatenate(self, other: Batch) -> None:
         """Append `other`'s rows after ours, left-padding the narrower cache to the wider."""
@@ -177,12 +236,13 @@ class Batch:
         mask[:b1, width - self.width:] = self.mask
         mask[b1:, width - other.width:] = other.mask
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            for name in ("keys", "values"):
-                a, b = getattr(mine, name), getattr(theirs, name)
-                merged = a.new_zeros((b1 + b2, a.shape[1], width, a.shape[3]))
-                merged[:b1, :, width - a.shape[2]:] = a
-                merged[b1:, :, width - b.shape[2]:] = b.to(a.device)
-                setattr(mine, name, merged)
+            merged = []
+            for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+                m = a.new_zeros((b1 + b2, a.shape[1], width, a.shape[3]))
+                m[:b1, :, width - a.shape[2]:] = a
+                m[b1:, :, width - b.shape[2]:] = b.to(a.device)
+                merged.append(m)
+            _set_kv(mine, merged[0], merged[1])
         self.mask = mask
         self.next_ids = torch.cat([self.next_ids, other.next_ids], 0)
         self.rows = self.rows + other.rows

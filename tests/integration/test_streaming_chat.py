@@ -61,7 +61,8 @@ def test_concurrent_streams_match_sequential_answers(base_url):
 
 def _path_count(base_url: str, path: str) -> float:
     text = requests.get(base_url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
-    m = re.search(r'^inferbox_engine_path_total\{path="%s"\} ([0-9.e+]+)$' % path, text, re.M)
+    pattern = r"^inferbox_engine_path_total\{path=\"" + path + r"\"\} ([0-9.e+]+)$"
+    m = re.search(pattern, text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
