@@ -65,7 +65,7 @@ def start_server(tmp_dir: Path, extra_env: dict[str, str] | None = None,
             try:
                 if requests.get(server.url + "/health", timeout=2).status_code == 200:
                     return server
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
                 pass
             time.sleep(0.5)
         server.stop()

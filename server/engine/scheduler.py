@@ -167,6 +167,11 @@ class Scheduler:
                     self._waiting.popleft()
                     drop_cancelled(req)
                     continue
+                if req.deadline is not None and time.monotonic() > req.deadline:
+                    self._waiting.popleft()  # expired while queued: no prefill for nothing
+                    for i in range(req.params.num_return_sequences):
+                        req.stream.finish(i, "timeout")
+                    continue
                 if not self.batching or needs_exact_generate(req.params):
                     self._waiting.popleft()
                     self._path("generate")
