@@ -54,7 +54,7 @@ def start_server(model: str, env_extra: dict[str, str], log_path: Path) -> tuple
         try:
             if requests.get(url + "/health", timeout=2).status_code == 200:
                 return proc, url
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
             pass
         time.sleep(0.5)
     proc.kill()
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load before: {os.getloadavg()}", flush=True)
     print("bare generate (separate process, no server running)...", flush=True)
     bare_result = bare(args.model, n, args.sequential, batches)
+    (RESULTS / f"bare-{stamp}.json").write_text(json.dumps(bare_result, indent=2))
+    print(f"bare: {json.dumps(bare_result)}", flush=True)
 
     env = dict(kv.split("=", 1) for kv in args.env)
     proc, url = start_server(args.model, env, RESULTS / f"server-{stamp}.log")
