@@ -46,8 +46,10 @@ def main() -> None:
     loaded = loader.load(Settings(model_path=args.model, device_map="auto"))
     n = args.new_tokens
     run_generate(loaded, [0], 8)  # warm-up
-    seq_time = sum(run_generate(loaded, [i], n) for i in range(args.sequential))
-    result = {"sequential": {"requests": args.sequential, "tokens_per_s": args.sequential * n / seq_time}}
+    result = {}
+    if args.sequential:
+        seq_time = sum(run_generate(loaded, [i], n) for i in range(args.sequential))
+        result["sequential"] = {"requests": args.sequential, "tokens_per_s": args.sequential * n / seq_time}
     for b in (int(x) for x in args.batches.split(",") if x):
         t = run_generate(loaded, list(range(b)), n)
         result[f"static_{b}"] = {"requests": b, "tokens_per_s": b * n / t}

@@ -1,6 +1,7 @@
 """`make bench` (`python -m bench.run [options]`; `make bench BENCH_ARGS="--quick"`).
 
-1. Bare `model.generate` in a separate process while no server runs: sequential, static batches.
+1. Bare `model.generate` in a separate process, just before each server level, while the server
+   is idle: sequential for c = 1, a static batch of c otherwise.
 2. The real server (`python -m server`, gunicorn, a free port): tokens/s with c closed-loop clients
    (each sends its next request when the last one is answered), every request greedy with exactly
    N new tokens (`min_new_tokens`); time to first token of streamed requests at idle and while c=8
@@ -151,7 +152,7 @@ def chart(result: dict, path: Path) -> None:
     xs = [s["clients"] for s in server]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [s["tokens_per_s"] for s in server], "o-", label="inferbox server (c clients)")
-    bare_pts = [(1, result["bare"]["sequential"]["tokens_per_s"])]
+    bare_pts = [(1, v["tokens_per_s"]) for k, v in result["bare"].items() if k == "sequential"]
     bare_pts += [(int(k.split("_")[1]), v["tokens_per_s"]) for k, v in result["bare"].items()
                  if k.startswith("static_")]
     bare_pts.sort()
@@ -172,7 +173,7 @@ def chart(result: dict, path: Path) -> None:
 
 def table(result: dict) -> str:
     b = result["bare"]
-    ref = {1: ("bare sequential", b["sequential"]["tokens_per_s"], 0.95)}
+    ref = {1: ("bare sequential", b["sequential"]["tokens_per_s"], 0.95)} if "sequential" in b else {}
     for k, v in b.items():
         if k.startswith("static_"):
             ref[int(k.split("_")[1])] = (f"bare static batch {k.split('_')[1]}", v["tokens_per_s"], 1.0)
@@ -208,26 +209,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.concurrency, args.new_tokens, args.rounds, args.sequential, args.ttft_probes = "1,8", 32, 1, 2, 3
     conc = [int(c) for c in args.concurrency.split(",") if c]
-    batches = [c for c in conc if c > 1]
     n = args.new_tokens
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     print(f"load before: {os.getloadavg()}", flush=True)
-    print("bare generate (separate process, no server running)...", flush=True)
-    bare_result = bare(args.model, n, args.sequential, batches)
-    (RESULTS / f"bare-{stamp}.json").write_text(json.dumps(bare_result, indent=2))
-    print(f"bare: {json.dumps(bare_result)}", flush=True)
-
     env = dict(kv.split("=", 1) for kv in args.env)
     proc, url = start_server(args.model, env, RESULTS / f"server-{stamp}.log")
+    bare_result: dict = {}
     try:
         chat(url, 0, 8)  # warm-up
         server = []
         for c in conc:
+            # Each bare reference runs just before its server level, in its own process while the
+            # server is idle: the two never compete, and share the machine's load of the moment.
+            print(f"bare generate for c={c} (separate process, server idle)...", flush=True)
+            bare_result.update(bare(args.model, n, args.sequential if c == 1 else 0, [c] if c > 1 else []))
             print(f"server, {c} client(s)...", flush=True)
             rounds = args.sequential if c == 1 else args.rounds
             server.append(throughput(url, c, rounds, n))
+            print(f"  bare {json.dumps(bare_result)}; server {server[-1]['tokens_per_s']:.1f} tok/s",
+                  flush=True)
         ttft = None
         if args.ttft_probes:
             print("time to first token...", flush=True)
