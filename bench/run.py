@@ -49,17 +49,20 @@ def start_server(model: str, env_extra: dict[str, str], log_path: Path) -> tuple
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early; see {log_path}")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server not healthy in 300 s; see {log_path}")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early; see {log_path}")
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    return proc, url
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not healthy in 300 s; see {log_path}")
+    except BaseException:
+        stop_server(proc)  # never leave a server behind
+        raise
 
 
 def stop_server(proc: subprocess.Popen) -> None:
