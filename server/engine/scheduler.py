@@ -1,21 +1,31 @@
-"""The scheduler: the one thread that owns the model.
+"""The scheduler: the one thread that owns the running batch (iteration-level continuous batching).
 
-HTTP threads call `submit` and then wait on the request's stream. This first batcher gathers the
-requests that arrive within a short window and runs those whose parameters match as one
-left-padded `generate` call; the continuous-batching engine replaces `_loop`, not this interface.
+HTTP threads call `submit` and wait on the request's stream. At every step the scheduler thread
+(1) ends rows whose client went away or whose deadline passed, (2) admits waiting requests in FIFO
+order as one group while they fit `max_batch_size` rows and the `max_batch_tokens` budget (counted
+with padding, `B x T_max`, up to each row's last possible token), prefills the group and merges it
+into the running batch, (3) runs one decode step for every row and streams each row's token, and
+(4) drops finished rows at once so their slots are reused. Requests the batched step cannot do
+exactly go to the exact `generate` lane (fallback.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from server.engine.request import GenerationParams, GenerationRequest
+import torch
+
+from server.engine.batch import Batch, Row, supports_batching
+from server.engine.detokenize import IncrementalDetokenizer
+from server.engine.fallback import ExactLane, drop_cancelled, fail_requests, needs_exact_generate
+from server.engine.request import FinishReason, GenerationRequest
 from server.engine.runner import ModelRunner
+from server.engine.sampling import RowSampler, choose
 
 log = logging.getLogger(__name__)
 
@@ -28,48 +38,66 @@ class EngineUnavailable(RuntimeError):
     """The engine is not running (not loaded yet, draining, or its thread died)."""
 
 
-def batch_key(params: GenerationParams) -> str:
-    """Requests with equal keys can share one generate call (seeded sampling runs alone)."""
-    fields = params.generate_kwargs()
-    fields["logprobs"] = (params.logprobs, params.top_logprobs)
-    fields["stop"] = params.stop
-    if params.do_sample and params.seed is not None:
-        fields["seed"] = params.seed
-        fields["_alone"] = id(params)
-    return json.dumps(fields, sort_keys=True, default=str)
+@dataclass
+class SchedulerStats:
+    """Counters for tests and debugging (not exported: the metrics module has the public series)."""
+
+    steps: int = 0  # decode steps
+    prefills: int = 0  # admitted groups
+    peak_rows: int = 0  # most rows decoded in one step
+    peak_tokens: int = 0  # largest padded cache, rows x width, seen in a decode step
 
 
 class Scheduler:
-    def __init__(self, runner: ModelRunner, max_batch_size: int = 8, window_s: float = 0.005,
-                 max_queued: int = 256, on_step: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, runner: ModelRunner, max_batch_size: int = 32, window_s: float = 0.005,
+                 max_queued: int = 256, max_batch_tokens: int = 16384,
+                 on_path: Callable[[str], None] | None = None, batching: bool | None = None) -> None:
         self.runner = runner
+        self.model = runner.loaded.model
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.window_s = window_s
         self.max_queued = max_queued
-        self.on_step = on_step  # metrics hook: (path, batch size)
+        self.on_path = on_path  # metrics hook: which path a request took ("batched" or "generate")
+        if batching is None:
+            batching, why = supports_batching(self.model)
+            if not batching:
+                log.info("continuous batching off, every request uses exact generate: %s", why)
+        self.batching = batching
+        self.exact = ExactLane(runner, max_batch_size, window_s)
         self._waiting: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self.running = 0
+        self._batch: Batch | None = None
+        self.stats = SchedulerStats()
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        out = self.model.get_output_embeddings()
+        self._logits_device = out.weight.device if out is not None else runner.loaded.device
 
     def start(self) -> None:
+        self.exact.start()
         self._thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
+        return self._thread.is_alive() and self.exact.alive and not self._stopping
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + self.exact.queue_depth
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch plus sequences in the exact lane's current call."""
+        batch = self._batch
+        return (len(batch) if batch is not None else 0) + self.exact.running
 
     def submit(self, request: GenerationRequest) -> None:
         with self._cond:
             if self._stopping or not self._thread.is_alive():
                 raise EngineUnavailable("the engine is not running")
-            if len(self._waiting) >= self.max_queued:
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            if self.queue_depth >= self.max_queued:
+                raise QueueFull(f"{self.queue_depth} requests are already waiting")
             self._waiting.append(request)
             self._cond.notify()
 
@@ -78,51 +106,162 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout)
+        self.exact.stop(timeout)
 
-    def _take_group(self) -> list[GenerationRequest]:
-        with self._cond:
-            while not self._waiting and not self._stopping:
-                self._cond.wait()
-            if not self._waiting:
-                return []
-        time.sleep(self.window_s)  # let simultaneous arrivals join
-        with self._cond:
-            first = self._waiting.popleft()
-            key = batch_key(first.params)
-            group = [first]
-            rest: deque[GenerationRequest] = deque()
-            while self._waiting and len(group) < self.max_batch_size:
-                r = self._waiting.popleft()
-                (group if batch_key(r.params) == key else rest).append(r)
-            rest.extend(self._waiting)
-            self._waiting = rest
-        return [r for r in group if not _drop_cancelled(r)]
-
+    # the loop
     def _run(self) -> None:
-        while True:
-            group = self._take_group()
-            if not group:
-                if self._stopping and not self._waiting:
-                    return
-                continue
-            self.running = len(group)
-            try:
-                if self.on_step:
-                    self.on_step("generate", len(group))
-                self.runner.generate(group)
-            except Exception as exc:  # one failed call fails its requests, not the server
-                log.exception("generation failed for %d request(s)", len(group))
-                client = isinstance(exc, (ValueError, TypeError))
-                for r in group:
-                    r.stream.fail(f"generation failed: {type(exc).__name__}: {exc}" if client
-                                  else "generation failed", client_error=client)
-            finally:
-                self.running = 0
+        with torch.inference_mode():
+            while self._wait_for_work():
+                try:
+                    self._step()
+                except Exception as exc:  # a bug in bookkeeping: fail the batch, keep the loop alive
+                    log.exception("scheduler step failed")
+                    if self._batch:
+                        fail_requests(_requests(self._batch.rows), exc)
+                    self._batch = None
 
+    def _path(self, path: str) -> None:
+        if self.on_path is not None:
+            self.on_path(path)
 
-def _drop_cancelled(r: GenerationRequest) -> bool:
-    if r.stream.cancelled:
-        for i in range(r.params.num_return_sequences):
-            r.stream.finish(i, "cancelled")
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not self._waiting and not self._batch and not self._stopping:
+                self._cond.wait()
+            if not self._waiting and not self._batch:
+                return False  # stopping, nothing left
+            idle = not self._batch
+        if idle and self.window_s > 0:
+            time.sleep(self.window_s)  # let simultaneous arrivals share one prefill
         return True
-    return False
+
+    def _step(self) -> None:
+        self._reap()
+        group = self._admit()
+        if group:
+            self._prefill(group)
+        batch = self._batch
+        if batch:
+            st = self.stats
+            st.steps += 1
+            st.peak_rows = max(st.peak_rows, len(batch))
+            st.peak_tokens = max(st.peak_tokens, len(batch) * (batch.width + 1))
+            try:
+                logits = batch.decode(self.model)
+                self._advance(batch, logits)
+            except Exception as exc:  # fail this step's requests; keep serving the queue
+                log.exception("decode step failed for %d row(s)", len(batch))
+                fail_requests(_requests(batch.rows), exc)
+                self._batch = None
+
+    def _admit(self) -> list[GenerationRequest]:
+        """Pop the FIFO head group that fits the free rows and the token budget."""
+        current = self._batch.rows if self._batch else []
+        rows = len(current)
+        widest = max((r.bound for r in current), default=0)
+        group: list[GenerationRequest] = []
+        with self._cond:
+            while self._waiting:
+                req = self._waiting[0]
+                if req.stream.cancelled:
+                    self._waiting.popleft()
+                    drop_cancelled(req)
+                    continue
+                if req.deadline is not None and time.monotonic() > req.deadline:
+                    self._waiting.popleft()  # expired while queued: no prefill for nothing
+                    for i in range(req.params.num_return_sequences):
+                        req.stream.finish(i, "timeout")
+                    continue
+                if not self.batching or needs_exact_generate(req.params):
+                    self._waiting.popleft()
+                    self._path("generate")
+                    self.exact.submit(req)
+                    continue
+                n = req.params.num_return_sequences
+                width = max(widest, req.prompt_tokens + req.params.max_new_tokens)
+                if rows and (rows + n > self.max_batch_size or (rows + n) * width > self.max_batch_tokens):
+                    break  # FIFO: later requests wait behind the head
+                self._waiting.popleft()
+                group.append(req)
+                rows, widest = rows + n, width
+        for _ in group:
+            self._path("batched")
+        return group
+
+    def _prefill(self, group: list[GenerationRequest]) -> None:
+        rows = [self._row(req, j) for req in group for j in range(req.params.num_return_sequences)]
+        self.stats.prefills += 1
+        try:
+            fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id)
+            self._advance(fresh, logits)
+        except Exception as exc:  # fail the newcomers only; the running batch is untouched
+            log.exception("prefill failed for %d request(s)", len(group))
+            fail_requests(group, exc)
+            return
+        if not fresh:
+            return
+        if self._batch:
+            try:
+                self._batch.concatenate(fresh)
+            except Exception as exc:
+                log.exception("merging %d row(s) into the batch failed", len(fresh))
+                fail_requests(_requests(self._batch.rows + fresh.rows), exc)
+                self._batch = None
+        else:
+            self._batch = fresh
+
+    def _row(self, req: GenerationRequest, index: int) -> Row:
+        detok = None
+        if req.params.stop:
+            detok = IncrementalDetokenizer(self.runner.loaded.tokenizer)
+        sampler = RowSampler(req.params, req.input_ids, index, self._logits_device)
+        return Row(req, index, sampler, length=req.prompt_tokens, detok=detok)
+
+    def _advance(self, batch: Batch, logits: torch.Tensor) -> None:
+        """Choose, stream and check one token per row; drop the rows that finished."""
+        rows = batch.rows
+        want = [r.request.params.top_logprobs if r.request.params.logprobs else -1 for r in rows]
+        choice = choose(logits, [r.sampler for r in rows], want)
+        keep: list[int] = []
+        for i, row in enumerate(rows):
+            token = choice.tokens[i]
+            lp, top = choice.logprobs[i], choice.top_logprobs[i]
+            reason = row.accept(token)
+            row.request.stream.push(row.index, [token], None if lp is None else [lp],
+                                    None if top is None else [top])
+            if reason is not None:
+                _finish(row, reason)
+            else:
+                keep.append(i)
+        batch.set_next(choice.tokens)
+        batch.filter(keep)
+
+    def _reap(self) -> None:
+        """End rows whose client cancelled or whose deadline passed, before spending a step on them."""
+        batch = self._batch
+        if not batch:
+            return
+        now = time.monotonic()
+        keep: list[int] = []
+        for i, row in enumerate(batch.rows):
+            req = row.request
+            if req.stream.cancelled:
+                _finish(row, "cancelled")
+            elif req.deadline is not None and now > req.deadline:
+                _finish(row, "timeout")
+            else:
+                keep.append(i)
+        batch.filter(keep)
+
+
+def _finish(row: Row, reason: FinishReason) -> None:
+    if row.finish is None:
+        row.finish = reason
+        row.request.stream.finish(row.index, reason)
+
+
+def _requests(rows: list[Row]) -> list[GenerationRequest]:
+    seen: dict[str, GenerationRequest] = {}
+    for r in rows:
+        seen.setdefault(r.request.id, r.request)
+    return list(seen.values())

@@ -17,6 +17,7 @@ from server.engine.request import GenerationRequest
 from server.engine.runner import ModelRunner
 from server.engine.scheduler import EngineUnavailable, Scheduler
 from server.model import loader
+from server.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class Engine:
                 max_batch_size=s.max_batch_size,
                 window_s=s.batch_window_ms / 1000.0,
                 max_queued=s.max_queued_requests,
-                on_step=_count_step,
+                max_batch_tokens=s.max_batch_tokens,
+                on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc(),
             )
             self.scheduler.start()
             self.loaded = loaded
@@ -145,10 +147,3 @@ class Engine:
         self.scheduler.submit(request)
         with self._submitted_lock:
             self._submitted[request.id] = request
-
-
-def _count_step(path: str, batch_size: int) -> None:
-    """Scheduler hook: engine steps/calls by path (`generate` = the exact-generate fallback)."""
-    from server.observability import metrics
-
-    metrics.ENGINE_PATH.labels(path).inc()

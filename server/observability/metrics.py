@@ -16,7 +16,8 @@ TOKENS_IN = Counter("inferbox_prompt_tokens", "Prompt tokens processed", registr
 TOKENS_OUT = Counter("inferbox_generated_tokens", "Tokens generated", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("inferbox_queue_depth", "Requests waiting for the engine", registry=REGISTRY)
 BATCH_SIZE = Gauge("inferbox_running_batch_size", "Requests in the running batch", registry=REGISTRY)
-ENGINE_PATH = Counter("inferbox_engine_path", "Engine steps or calls by path (batched or generate)",
+ENGINE_PATH = Counter("inferbox_engine_path",
+                      "Requests by engine path: batched (continuous batching) or generate (exact fallback)",
                       ["path"], registry=REGISTRY)
 LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
                     registry=REGISTRY,

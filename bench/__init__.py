@@ -1,0 +1,1 @@
+"""`make bench`: the real server against bare `model.generate` on the same machine, in one run."""

@@ -1,0 +1,266 @@
+"""`make bench` (`python -m bench.run [options]`; `make bench BENCH_ARGS="--quick"`).
+
+1. Bare `model.generate` in a separate process, just before each server level, while the server
+   is idle: sequential for c = 1, a static batch of c otherwise.
+2. The real server (`python -m server`, gunicorn, a free port): tokens/s with c closed-loop clients
+   (each sends its next request when the last one is answered), every request greedy with exactly
+   N new tokens (`min_new_tokens`); time to first token of streamed requests at idle and while c=8
+   clients keep the engine busy.
+Prints a table, writes JSON and a PNG chart (tokens/s against concurrency, server vs bare) under
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from bench.workload import generate_kwargs, messages
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_MODEL = ROOT / "models" / "smollm2-135m-instruct"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_PATH": model, **env_extra}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early; see {log_path}")
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    return proc, url
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not healthy in 300 s; see {log_path}")
+    except BaseException:
+        stop_server(proc)  # never leave a server behind
+        raise
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def chat(url: str, i: int, new_tokens: int) -> None:
+    body = {"messages": messages(i), "generate_kwargs": generate_kwargs(new_tokens)}
+    resp = requests.post(url + "/chat", json=body, timeout=900)
+    resp.raise_for_status()
+
+
+def stream_ttft(url: str, i: int, new_tokens: int) -> tuple[float, int]:
+    """Seconds to the first streamed text, and the completion tokens the final event reports."""
+    body = {"messages": messages(i), "generate_kwargs": generate_kwargs(new_tokens), "stream": True}
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    with requests.post(url + "/chat", json=body, stream=True, timeout=900) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines(decode_unicode=True):
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if first is None and event.get("text"):
+                first = time.perf_counter() - start
+            tokens = event.get("completion_tokens", tokens)
+    return (first if first is not None else time.perf_counter() - start), tokens
+
+
+def throughput(url: str, clients: int, rounds: int, new_tokens: int) -> dict[str, float]:
+    """c closed-loop clients, `rounds` requests each; tokens/s over the whole wall time."""
+    latencies: list[float] = []
+
+    def client(k: int) -> None:
+        for r in range(rounds):
+            t = time.perf_counter()
+            chat(url, k + r * clients, new_tokens)
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start
+    tokens = clients * rounds * new_tokens
+    return {"clients": clients, "requests": clients * rounds, "tokens": tokens, "wall_s": wall,
+            "tokens_per_s": tokens / wall, "latency_p50_s": statistics.median(latencies)}
+
+
+def ttft_under_load(url: str, clients: int, probes: int, new_tokens: int) -> list[float]:
+    """TTFT of streamed probe requests sent one after another while `clients` keep the engine busy."""
+    stop = threading.Event()
+
+    def background(k: int) -> None:
+        r = 0
+        while not stop.is_set():
+            chat(url, 100 + k + r * clients, new_tokens)
+            r += 1
+
+    pool = ThreadPoolExecutor(clients)
+    futures = [pool.submit(background, k) for k in range(clients)]
+    try:
+        time.sleep(2.0)  # let the batch fill
+        return [stream_ttft(url, 200 + i, new_tokens)[0] for i in range(probes)]
+    finally:
+        stop.set()
+        for f in futures:
+            f.result()
+        pool.shutdown()
+
+
+def bare(model: str, new_tokens: int, sequential: int, batches: list[int]) -> dict:
+    cmd = [sys.executable, "-m", "bench.bare", "--model", model, "--new-tokens", str(new_tokens),
+           "--sequential", str(sequential), "--batches", ",".join(map(str, batches))]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    server = result["server"]
+    xs = [s["clients"] for s in server]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [s["tokens_per_s"] for s in server], "o-", label="inferbox server (c clients)")
+    bare_pts = [(1, v["tokens_per_s"]) for k, v in result["bare"].items() if k == "sequential"]
+    bare_pts += [(int(k.split("_")[1]), v["tokens_per_s"]) for k, v in result["bare"].items()
+                 if k.startswith("static_")]
+    bare_pts.sort()
+    ax.plot([p[0] for p in bare_pts], [p[1] for p in bare_pts], "s--",
+            label="bare generate (sequential / static batch)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(xs) | {p[0] for p in bare_pts}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("concurrent clients / batch size")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"{result['model_name']}, {result['new_tokens']} new tokens, {result['device']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(result: dict) -> str:
+    b = result["bare"]
+    ref = {1: ("bare sequential", b["sequential"]["tokens_per_s"], 0.95)} if "sequential" in b else {}
+    for k, v in b.items():
+        if k.startswith("static_"):
+            ref[int(k.split("_")[1])] = (f"bare static batch {k.split('_')[1]}", v["tokens_per_s"], 1.0)
+    lines = [f"{'clients':>7} | {'server tok/s':>12} | {'p50 latency s':>13} | {'reference':<22} | "
+             f"{'ref tok/s':>9} | {'ratio':>5} | target"]
+    for s in result["server"]:
+        c = s["clients"]
+        name, value, need = ref.get(c, ("-", float("nan"), float("nan")))
+        ratio = s["tokens_per_s"] / value if value == value else float("nan")
+        verdict = "ok" if ratio >= need else "SHORT"
+        lines.append(f"{c:>7} | {s['tokens_per_s']:>12.1f} | {s['latency_p50_s']:>13.2f} | {name:<22} | "
+                     f"{value:>9.1f} | {ratio:>5.2f} | >= {need:.2f} {verdict}")
+    t = result.get("ttft")
+    if t:
+        ratio = t["under_load_p50_s"] / t["idle_p50_s"]
+        lines.append(f"TTFT p50: idle {t['idle_p50_s'] * 1000:.0f} ms, under c={t['load_clients']} "
+                     f"{t['under_load_p50_s'] * 1000:.0f} ms, ratio {ratio:.2f} (target <= 2.00 "
+                     f"{'ok' if ratio <= 2 else 'SHORT'})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client at c > 1")
+    ap.add_argument("--sequential", type=int, default=4, help="requests at c = 1 (and bare sequential)")
+    ap.add_argument("--ttft-probes", type=int, default=6, help="0 skips the TTFT measurement")
+    ap.add_argument("--quick", action="store_true", help="c = 1, 8; 32 new tokens; one round; 3 probes")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.new_tokens, args.rounds, args.sequential, args.ttft_probes = "1,8", 32, 1, 2, 3
+    conc = [int(c) for c in args.concurrency.split(",") if c]
+    n = args.new_tokens
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    print(f"load before: {os.getloadavg()}", flush=True)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    proc, url = start_server(args.model, env, RESULTS / f"server-{stamp}.log")
+    bare_result: dict = {}
+    try:
+        chat(url, 0, 8)  # warm-up
+        server = []
+        for c in conc:
+            # Each bare reference runs just before its server level, in its own process while the
+            # server is idle: the two never compete, and share the machine's load of the moment.
+            print(f"bare generate for c={c} (separate process, server idle)...", flush=True)
+            bare_result.update(bare(args.model, n, args.sequential if c == 1 else 0, [c] if c > 1 else []))
+            print(f"server, {c} client(s)...", flush=True)
+            rounds = args.sequential if c == 1 else args.rounds
+            server.append(throughput(url, c, rounds, n))
+            print(f"  bare {json.dumps(bare_result)}; server {server[-1]['tokens_per_s']:.1f} tok/s",
+                  flush=True)
+        ttft = None
+        if args.ttft_probes:
+            print("time to first token...", flush=True)
+            idle = [stream_ttft(url, 300 + i, n)[0] for i in range(args.ttft_probes)]
+            loaded = ttft_under_load(url, 8, args.ttft_probes, n)
+            ttft = {"idle_s": idle, "idle_p50_s": statistics.median(idle), "load_clients": 8,
+                    "under_load_s": loaded, "under_load_p50_s": statistics.median(loaded)}
+        metrics = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
+    finally:
+        stop_server(proc)
+
+    import torch
+
+    result = {
+        "time": stamp, "model": args.model, "model_name": Path(args.model).name, "new_tokens": n,
+        "device": "cuda" if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+        "platform": platform.platform(), "load_after": os.getloadavg(), "server_env": env,
+        "bare": bare_result, "server": server, "ttft": ttft,
+        "engine_paths": [line for line in metrics.splitlines() if line.startswith("inferbox_engine_path")],
+    }
+    json_path = RESULTS / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=2))
+    png_path = json_path.with_suffix(".png")
+    chart(result, png_path)
+    print(table(result))
+    print(f"load after: {result['load_after']}")
+    print(f"wrote {json_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()

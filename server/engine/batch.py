@@ -1,0 +1,248 @@
+"""The running batch of continuous batching: left-padded rows over one KV cache.
+
+Only this module edits the KV cache. State, aligned along the batch axis:
+- `mask [B, T]`: left-padded attention mask over the cached tokens (zeros = padding);
+- the `DynamicCache`: per layer keys/values `[B, heads, T, head_dim]`, padded like the mask;
+- `next_ids [B, 1]`: each row's newest token, not yet in the cache; its position is the row's
+  real length (positions count real tokens only, so a padded row sees what it would see alone);
+- `rows`: per-sequence state (request, sampler, stop detection).
+`prefill` builds a batch from new rows, `concatenate` merges one into another (padding the shorter
+on the left), `filter` drops finished rows and trims columns that are padding for every kept row.
+See shared notes "batching-algorithm.md" for the approach (TGI's CausalLMBatch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from server.engine.detokenize import IncrementalDetokenizer, find_stop
+from server.engine.request import FinishReason, GenerationRequest
+from server.engine.sampling import RowSampler
+
+# Decoder-only architectures whose cache is a plain list of `[B, heads, T, head_dim]` layers and
+# whose forward takes explicit position ids: the surgery below is exact for them.
+PROVEN_MODEL_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "granite",
+    "olmo", "olmo2", "gemma", "stablelm", "smollm3",
+})
+
+
+def supports_batching(model: PreTrainedModel) -> tuple[bool, str]:
+    """Whether this model's requests may use the batched path (else: exact `generate`)."""
+    config = model.config
+    if config.model_type not in PROVEN_MODEL_TYPES:
+        return False, f"cache surgery is not proven for model type {config.model_type!r}"
+    cache = DynamicCache(config=config)
+    if cache.layers and any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return False, "the model uses sliding-window or hybrid cache layers"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False, "the model uses a sliding attention window"
+    return True, ""
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` that appends into spare capacity instead of concatenating at every step.
+
+    `DynamicLayer.update` copies the whole layer cache (`torch.cat`) for each new token; here a
+    decode step writes one column and the copy happens once every `HEADROOM` steps. `keys` and
+    `values` stay what transformers expects: views `[B, heads, T, head_dim]` of the valid part.
+    """
+
+    HEADROOM = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._len = 0
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Take these tensors as the layer's whole content (after batch surgery)."""
+        b, h, t, d = keys.shape
+        self._k = keys.new_empty((b, h, t + self.HEADROOM, d))
+        self._v = values.new_empty((b, h, t + self.HEADROOM, values.shape[-1]))
+        self._k[:, :, :t] = keys
+        self._v[:, :, :t] = values
+        self._len = t
+        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._k is None:
+            self.adopt(key_states, value_states)
+            return self.keys, self.values
+        t, n = self._len, key_states.shape[-2]
+        if t + n > self._k.shape[-2]:
+            self.adopt(self._k[:, :, :t], self._v[:, :, :t])
+        self._k[:, :, t:t + n] = key_states
+        self._v[:, :, t:t + n] = value_states
+        self._len = t + n
+        self.keys, self.values = self._k[:, :, :t + n], self._v[:, :, :t + n]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
+
+
+def _set_kv(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    if isinstance(layer, GrowingLayer):
+        layer.adopt(keys, values)
+    else:
+        layer.keys, layer.values = keys, values
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where inputs go: the embedding's device (the first device of an accelerate-sharded model)."""
+    return model.get_input_embeddings().weight.device
+
+
+@dataclass(eq=False)
+class Row:
+    """One output sequence of one request inside the batch."""
+
+    request: GenerationRequest
+    index: int
+    sampler: RowSampler
+    length: int  # real tokens in the cache for this row
+    generated: list[int] = field(default_factory=list)
+    detok: IncrementalDetokenizer | None = None  # only when the request has stop strings
+    finish: FinishReason | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.request.params.max_new_tokens - len(self.generated)
+
+    @property
+    def bound(self) -> int:
+        """The most tokens this row can occupy in the cache before it must finish."""
+        return self.length + 1 + self.remaining
+
+    def accept(self, token: int) -> FinishReason | None:
+        """Record a chosen token; return why the row ends now, if it does."""
+        p = self.request.params
+        self.generated.append(token)
+        self.sampler.append(token)
+        if token in p.eos_token_ids and len(self.generated) >= p.min_new_tokens:
+            return "eos"
+        if self.detok is not None:
+            self.detok.add([token])
+            tail = max(len(s) for s in p.stop) + 16
+            if find_stop(self.detok.text, p.stop, max(0, len(self.detok.text) - tail)) != -1:
+                return "stop"
+        if len(self.generated) >= p.max_new_tokens:
+            return "length"
+        return None
+
+
+class Batch:
+    def __init__(self, rows: list[Row], mask: torch.Tensor, cache: DynamicCache,
+                 next_ids: torch.Tensor) -> None:
+        self.rows = rows
+        self.mask = mask
+        self.cache = cache
+        self.next_ids = next_ids
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @staticmethod
+    def tokens_bound(rows: list[Row]) -> int:
+        """Padded cache size `B x T_max` this set of rows can reach (the token budget's measure)."""
+        return len(rows) * max((r.bound for r in rows), default=0)
+
+    # building
+    @classmethod
+    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int) -> tuple[Batch, torch.Tensor]:
+        """Run the rows' prompts as one left-padded forward; return the batch and last logits `[B, V]`."""
+        device = input_device(model)
+        width = max(r.length for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - r.length:] = torch.tensor(r.request.input_ids, dtype=torch.long)
+            mask[i, width - r.length:] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(model)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        empty = torch.zeros((len(rows), 1), dtype=torch.long, device=device)
+        return cls(rows, mask, out.past_key_values, empty), out.logits[:, -1, :]
+
+    def decode(self, model: PreTrainedModel) -> torch.Tensor:
+        """One step: feed every row's newest token; return last logits `[B, V]`."""
+        device = self.mask.device
+        positions = torch.tensor([[r.length] for r in self.rows], dtype=torch.long, device=device)
+        ones = torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=device)
+        mask = torch.cat([self.mask, ones], 1)
+        out = model(input_ids=self.next_ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.mask = mask
+        self.cache = out.past_key_values
+        for r in self.rows:
+            r.length += 1
+        return out.logits[:, -1, :]
+
+    def set_next(self, tokens: list[int]) -> None:
+        self.next_ids = torch.tensor(tokens, dtype=torch.long, device=self.mask.device).unsqueeze(1)
+
+    # surgery
+    def filter(self, keep: list[int]) -> None:
+        """Keep only the rows at `keep`; drop cache columns that are padding for all of them."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.mask = self.mask[:0]
+            self.next_ids = self.next_ids[:0]
+            self.cache = DynamicCache()
+            return
+        width = max(r.length for r in self.rows)
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.mask = self.mask.index_select(0, index)[:, -width:]
+        self.next_ids = self.next_ids.index_select(0, index)
+        for layer in self.cache.layers:
+            if layer.is_initialized and layer.keys is not None and layer.keys.numel():
+                dev = layer.keys.device
+                idx = index.to(dev)
+                _set_kv(layer, layer.keys.index_select(0, idx)[:, :, -width:, :],
+                        layer.values.index_select(0, idx)[:, :, -width:, :])
+
+    def concatenate(self, other: Batch) -> None:
+        """Append `other`'s rows after ours, left-padding the narrower cache to the wider."""
+        if not self.rows:
+            self.rows, self.mask, self.cache = other.rows, other.mask, other.cache
+            self.next_ids = other.next_ids
+            return
+        width = max(self.width, other.width)
+        b1, b2 = len(self.rows), len(other.rows)
+        mask = self.mask.new_zeros((b1 + b2, width))
+        mask[:b1, width - self.width:] = self.mask
+        mask[b1:, width - other.width:] = other.mask
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            merged = []
+            for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+                m = a.new_zeros((b1 + b2, a.shape[1], width, a.shape[3]))
+                m[:b1, :, width - a.shape[2]:] = a
+                m[b1:, :, width - b.shape[2]:] = b.to(a.device)
+                merged.append(m)
+            _set_kv(mine, merged[0], merged[1])
+        self.mask = mask
+        self.next_ids = torch.cat([self.next_ids, other.next_ids], 0)
+        self.rows = self.rows + other.rows

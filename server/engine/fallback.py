@@ -1,0 +1,142 @@
+"""The exact lane: requests the batched step cannot reproduce run through `model.generate`.
+
+Beam search, constrained or grouped beams, bad-words lists and every other `GenerationConfig`
+option outside `GenerationParams`' named fields keep working this way: the `generate_kwargs`
+surface never shrinks. The lane has its own thread so a long beam search does not stall the
+running batch; requests whose parameters match share one left-padded `generate` call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from server.engine.request import GenerationParams, GenerationRequest
+from server.engine.runner import ModelRunner
+
+log = logging.getLogger(__name__)
+
+# `extra` options whose value changes nothing for a batched sampling/greedy step.
+_NEUTRAL: dict[str, Any] = {
+    "num_beams": 1, "num_beam_groups": 1, "diversity_penalty": 0.0, "remove_invalid_values": False,
+    "renormalize_logits": False,
+}
+_BEAM_ONLY = {"early_stopping", "length_penalty"}  # meaningless without beams
+
+
+def needs_exact_generate(params: GenerationParams) -> bool:
+    """True when the batched decode step cannot apply these parameters exactly."""
+    extra = params.extra_dict
+    if int(extra.get("num_beams") or 1) > 1:
+        return True
+    if params.num_return_sequences > 1 and not params.do_sample:
+        return True
+    for key, value in extra.items():
+        if key in _BEAM_ONLY:
+            continue
+        if key in _NEUTRAL and value == _NEUTRAL[key]:
+            continue
+        return True
+    return False
+
+
+def batch_key(params: GenerationParams) -> str:
+    """Requests with equal keys can share one generate call (seeded sampling runs alone)."""
+    fields = params.generate_kwargs()
+    fields["logprobs"] = (params.logprobs, params.top_logprobs)
+    fields["stop"] = params.stop
+    if params.do_sample and params.seed is not None:
+        fields["seed"] = params.seed
+        fields["_alone"] = id(params)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+class ExactLane:
+    """A FIFO of requests served one `generate` call at a time on a thread of its own."""
+
+    def __init__(self, runner: ModelRunner, max_batch_size: int = 8, window_s: float = 0.005) -> None:
+        self.runner = runner
+        self.max_batch_size = max_batch_size
+        self.window_s = window_s
+        self._waiting: deque[GenerationRequest] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.running = 0
+        self._thread = threading.Thread(target=self._run, name="exact-generate", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, request: GenerationRequest) -> None:
+        with self._cond:
+            self._waiting.append(request)
+            self._cond.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _take_group(self) -> list[GenerationRequest]:
+        with self._cond:
+            while not self._waiting and not self._stopping:
+                self._cond.wait()
+            if not self._waiting:
+                return []
+        time.sleep(self.window_s)  # let simultaneous arrivals join
+        with self._cond:
+            first = self._waiting.popleft()
+            key = batch_key(first.params)
+            group = [first]
+            rest: deque[GenerationRequest] = deque()
+            while self._waiting and len(group) < self.max_batch_size:
+                r = self._waiting.popleft()
+                (group if batch_key(r.params) == key else rest).append(r)
+            rest.extend(self._waiting)
+            self._waiting = rest
+        return [r for r in group if not drop_cancelled(r)]
+
+    def _run(self) -> None:
+        while True:
+            group = self._take_group()
+            if not group:
+                if self._stopping and not self._waiting:
+                    return
+                continue
+            self.running = sum(r.params.num_return_sequences for r in group)
+            try:
+                self.runner.generate(group)
+            except Exception as exc:  # one failed call fails its requests, not the server
+                log.exception("exact generate failed for %d request(s)", len(group))
+                fail_requests(group, exc)
+            finally:
+                self.running = 0
+
+
+def fail_requests(requests: list[GenerationRequest], exc: Exception) -> None:
+    client = isinstance(exc, (ValueError, TypeError))
+    for r in requests:
+        if not r.stream.closed.is_set():
+            r.stream.fail(f"generation failed: {type(exc).__name__}: {exc}" if client
+                          else "generation failed", client_error=client)
+
+
+def drop_cancelled(r: GenerationRequest) -> bool:
+    if r.stream.cancelled:
+        for i in range(r.params.num_return_sequences):
+            r.stream.finish(i, "cancelled")
+        return True
+    return False

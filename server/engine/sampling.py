@@ -1,0 +1,148 @@
+"""Per-row token choice for a batched decode step.
+
+Each row of a running batch carries its own parameters, history and random generator, so a row's
+tokens do not depend on its neighbours. Processors run in the order transformers' `generate` applies
+them (repetition penalty, n-gram ban, min-new-tokens EOS mask, then temperature, top-k, top-p, min-p,
+typical-p), and the warpers are transformers' own classes, applied to groups of rows that share
+parameters, so the distributions match `generate`'s.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+from server.engine.request import GenerationParams
+
+WarperKey = tuple[float, int, float, float, float]
+
+
+def warpers_for(key: WarperKey) -> list[LogitsProcessor]:
+    """transformers' sampling warpers for (temperature, top_k, top_p, min_p, typical_p)."""
+    temperature, top_k, top_p, min_p, typical_p = key
+    out: list[LogitsProcessor] = []
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        out.append(TopKLogitsWarper(top_k=top_k))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=top_p))
+    if min_p:
+        out.append(MinPLogitsWarper(min_p=min_p))
+    if typical_p < 1.0:
+        out.append(TypicalLogitsWarper(mass=typical_p))
+    return out
+
+
+class RowSampler:
+    """One sequence's sampling state: parameters, token history, n-gram table, generator."""
+
+    __slots__ = ("params", "history", "generated", "generator", "_ngrams", "_eos", "warper_key",
+                 "needs_processing")
+
+    def __init__(self, params: GenerationParams, prompt_ids: list[int], index: int,
+                 device: torch.device) -> None:
+        self.params = params
+        self.history = list(prompt_ids)  # prompt + generated: what repetition penalty sees
+        self.generated = 0
+        self.generator: torch.Generator | None = None
+        if params.do_sample:
+            self.generator = torch.Generator(device=device)
+            if params.seed is not None:
+                self.generator.manual_seed((params.seed + index) % 2**63)
+            else:
+                self.generator.seed()
+        self._eos = list(params.eos_token_ids)
+        self._ngrams: dict[tuple[int, ...], set[int]] | None = None
+        n = params.no_repeat_ngram_size
+        if n > 0:
+            self._ngrams = defaultdict(set)
+            for i in range(len(self.history) - n + 1):
+                self._ngrams[tuple(self.history[i:i + n - 1])].add(self.history[i + n - 1])
+        self.warper_key: WarperKey = (params.temperature, params.top_k, params.top_p, params.min_p,
+                                      params.typical_p)
+        self.needs_processing = (params.repetition_penalty != 1.0 or n > 0
+                                 or (params.min_new_tokens > 0 and bool(self._eos)))
+
+    def append(self, token: int) -> None:
+        n = self.params.no_repeat_ngram_size
+        self.history.append(token)
+        self.generated += 1
+        if self._ngrams is not None and len(self.history) >= n:
+            self._ngrams[tuple(self.history[len(self.history) - n:-1])].add(token)
+
+    def process(self, scores: torch.Tensor) -> None:
+        """Apply the history-dependent processors to this row's scores `[V]` in place."""
+        p = self.params
+        if p.repetition_penalty != 1.0 and self.history:
+            ids = torch.tensor(self.history, device=scores.device)
+            picked = scores.gather(0, ids)
+            picked = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
+            scores.scatter_(0, ids, picked)
+        n = p.no_repeat_ngram_size
+        if self._ngrams is not None and len(self.history) + 1 >= n:
+            prefix = tuple(self.history[len(self.history) - n + 1:]) if n > 1 else ()
+            banned = self._ngrams.get(prefix)
+            if banned:
+                scores[list(banned)] = -float("inf")
+        if self.generated < p.min_new_tokens and self._eos:
+            scores[self._eos] = -float("inf")
+
+
+@dataclass
+class Choice:
+    tokens: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int]) -> Choice:
+    """Pick one token per row from `logits [B, V]` (the model's last-position logits).
+
+    `want_logprobs[i]` is -1 for no log-probabilities, else the number of top alternatives to return.
+    Log-probabilities are of the model's raw distribution (as `output_logits` gives them).
+    """
+    raw = logits.float()
+    processed = [i for i, r in enumerate(rows) if r.needs_processing]
+    any_lp = any(n >= 0 for n in want_logprobs)
+    scores = raw.clone() if processed and any_lp else raw  # keep raw logits for log-probabilities
+    for i in processed:
+        rows[i].process(scores[i])
+
+    tokens = scores.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if r.params.do_sample]
+    if sampled:
+        groups: dict[WarperKey, list[int]] = defaultdict(list)
+        for i in sampled:
+            groups[rows[i].warper_key].append(i)
+        for key, idx in groups.items():
+            sub = scores[idx] if len(idx) < len(rows) else scores
+            for warper in warpers_for(key):
+                sub = warper(None, sub)
+            probs = torch.softmax(sub, dim=-1)
+            for j, i in enumerate(idx):
+                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+    chosen = tokens.tolist()
+
+    lps: list[float | None] = [None] * len(rows)
+    tops: list[list[tuple[int, float]] | None] = [None] * len(rows)
+    if any_lp:
+        idx = [i for i, n in enumerate(want_logprobs) if n >= 0]
+        logp = torch.log_softmax(raw[idx], dim=-1)
+        for j, i in enumerate(idx):
+            lps[i] = float(logp[j, chosen[i]])
+            n = want_logprobs[i]
+            if n > 0:
+                values, ids = logp[j].topk(n)
+                tops[i] = [(int(t), float(v)) for t, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    return Choice(chosen, lps, tops)
