@@ -15,6 +15,8 @@ import time
 from collections import deque
 from typing import Any
 
+import torch
+
 from server.engine.request import GenerationParams, GenerationRequest
 from server.engine.runner import ModelRunner
 
@@ -126,8 +128,28 @@ class ExactLane:
                 self.running = 0
 
 
+class InvalidDistribution(ValueError):
+    def __init__(self) -> None:
+        super().__init__("the sampling parameters produced an invalid probability distribution "
+                         "(try a larger temperature or looser top_p/typical_p/cutoffs)")
+
+
+def is_client_fault(exc: BaseException) -> bool:
+    """Whether a generation failure comes from the request's own parameters (a 4xx), not the server.
+
+    Out-of-memory is the server's; transformers rejecting an option or sampling from a distribution
+    that the options broke is the request's.
+    """
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return False
+    if isinstance(exc, ValueError | TypeError | IndexError | KeyError | AttributeError):
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        m in str(exc) for m in ("probability tensor", "Could not infer dtype", "index out of range"))
+
+
 def fail_requests(requests: list[GenerationRequest], exc: Exception) -> None:
-    client = isinstance(exc, (ValueError, TypeError))
+    client = is_client_fault(exc)
     for r in requests:
         if not r.stream.closed.is_set():
             r.stream.fail(f"generation failed: {type(exc).__name__}: {exc}" if client

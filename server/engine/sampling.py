@@ -10,7 +10,7 @@ parameters, so the distributions match `generate`'s.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.generation.logits_process import (
@@ -104,6 +104,7 @@ class Choice:
     tokens: list[int]
     logprobs: list[float | None]
     top_logprobs: list[list[tuple[int, float]] | None]
+    invalid: list[int] = field(default_factory=list)  # rows whose distribution was not finite
 
 
 def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int]) -> Choice:
@@ -120,6 +121,7 @@ def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int
         rows[i].process(scores[i])
 
     tokens = scores.argmax(dim=-1)
+    invalid: list[int] = []
     sampled = [i for i, r in enumerate(rows) if r.params.do_sample]
     if sampled:
         groups: dict[WarperKey, list[int]] = defaultdict(list)
@@ -130,8 +132,14 @@ def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int
             for warper in warpers_for(key):
                 sub = warper(None, sub)
             probs = torch.softmax(sub, dim=-1)
+            # Extreme parameters (a temperature near zero, say) can overflow a row's distribution;
+            # that row alone fails, never its neighbours.
+            valid = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
             for j, i in enumerate(idx):
-                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+                if valid[j]:
+                    tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+                else:
+                    invalid.append(i)
     chosen = tokens.tolist()
 
     lps: list[float | None] = [None] * len(rows)
@@ -145,4 +153,4 @@ def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int
             if n > 0:
                 values, ids = logp[j].topk(n)
                 tops[i] = [(int(t), float(v)) for t, v in zip(ids.tolist(), values.tolist(), strict=True)]
-    return Choice(chosen, lps, tops)
+    return Choice(chosen, lps, tops, invalid)

@@ -22,7 +22,13 @@ import torch
 
 from server.engine.batch import Batch, Row, supports_batching
 from server.engine.detokenize import IncrementalDetokenizer
-from server.engine.fallback import ExactLane, drop_cancelled, fail_requests, needs_exact_generate
+from server.engine.fallback import (
+    ExactLane,
+    InvalidDistribution,
+    drop_cancelled,
+    fail_requests,
+    needs_exact_generate,
+)
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.runner import ModelRunner
 from server.engine.sampling import RowSampler, choose
@@ -222,8 +228,15 @@ class Scheduler:
         rows = batch.rows
         want = [r.request.params.top_logprobs if r.request.params.logprobs else -1 for r in rows]
         choice = choose(logits, [r.sampler for r in rows], want)
+        if choice.invalid:
+            failed = {id(rows[i].request) for i in choice.invalid}
+            fail_requests([rows[i].request for i in choice.invalid], InvalidDistribution())
+        else:
+            failed = set()
         keep: list[int] = []
         for i, row in enumerate(rows):
+            if id(row.request) in failed:
+                continue
             token = choice.tokens[i]
             lp, top = choice.logprobs[i], choice.top_logprobs[i]
             reason = row.accept(token)

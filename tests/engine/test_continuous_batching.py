@@ -247,3 +247,19 @@ def test_a_failed_step_fails_only_its_requests(loaded, make_scheduler):
     sched.submit(after)
     assert collect(after, timeout=600)[0].token_ids == generate_alone(loaded, after)
     assert sched.alive
+
+
+def test_a_broken_distribution_fails_only_its_row(loaded, make_scheduler):
+    """A temperature so small that the logits overflow is the request's fault (a client error);
+    its neighbours in the same batch finish normally."""
+    sched = make_scheduler(max_batch_size=8, window_s=0.05)
+    good = [request(loaded, f"Count: {i},", max_new_tokens=6) for i in range(3)]
+    bad = request(loaded, "Hello", max_new_tokens=6, do_sample=True, temperature=1e-45, seed=1)
+    for r in [*good[:2], bad, good[2]]:
+        sched.submit(r)
+    with pytest.raises(StreamError) as err:
+        collect(bad, timeout=120)
+    assert err.value.client_error and "distribution" in str(err.value)
+    for r in good:
+        assert collect(r, timeout=120)[0].finish_reason in ("length", "eos")
+    assert sched.alive
