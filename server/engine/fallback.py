@@ -120,7 +120,8 @@ class ExactLane:
                 continue
             self.running = sum(r.params.num_return_sequences for r in group)
             try:
-                self.runner.generate(group)
+                with self.runner.loaded.exclusive():
+                    self.runner.generate(group)
             except Exception as exc:  # one failed call fails its requests, not the server
                 log.exception("exact generate failed for %d request(s)", len(group))
                 fail_requests(group, exc)

@@ -153,7 +153,8 @@ class Scheduler:
             st.peak_rows = max(st.peak_rows, len(batch))
             st.peak_tokens = max(st.peak_tokens, len(batch) * (batch.width + 1))
             try:
-                logits = batch.decode(self.model)
+                with self.runner.loaded.exclusive():
+                    logits = batch.decode(self.model)
                 self._advance(batch, logits)
             except Exception as exc:  # fail this step's requests; keep serving the queue
                 log.exception("decode step failed for %d row(s)", len(batch))
@@ -198,7 +199,8 @@ class Scheduler:
         rows = [self._row(req, j) for req in group for j in range(req.params.num_return_sequences)]
         self.stats.prefills += 1
         try:
-            fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id)
+            with self.runner.loaded.exclusive():
+                fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id)
             self._advance(fresh, logits)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
             log.exception("prefill failed for %d request(s)", len(group))

@@ -34,7 +34,7 @@ def token_logprobs(loaded: LoadedModel, input_ids: list[int], start: int = 1,
     if len(input_ids) <= start:
         return [], ([] if top_n else None)
     ids = torch.tensor([input_ids], dtype=torch.long, device=loaded.device)
-    with _lock:
+    with _lock, loaded.exclusive():
         logits = loaded.model(input_ids=ids, use_cache=False).logits[0]
     logp = torch.log_softmax(logits[start - 1:-1].float(), dim=-1)
     targets = torch.tensor(input_ids[start:], dtype=torch.long, device=logp.device)

@@ -6,8 +6,11 @@ machine without a GPU the model is loaded on the CPU with no dispatch hooks, whi
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,30 @@ class LoadedModel:
     context_length: int
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def offloaded(self) -> bool:
+        """Some weights live off the accelerator (CPU/disk offload): accelerate's hooks then move
+        them in and out around each forward, which is not safe from two threads at once."""
+        return any(p.device.type == "meta" for p in self.model.parameters())
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold around a forward/generate when other threads may use the model too (the batch, the
+        exact-generate lane, prompt scoring). Free unless the model is offloaded."""
+        if not self._offloaded:
+            yield
+            return
+        with self._lock:
+            yield
+
+    def __post_init__(self) -> None:
+        self._offloaded = self.offloaded
 
 
 def resolve_dtype(name: str, cuda: bool, gguf: bool) -> torch.dtype | str:
