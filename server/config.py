@@ -50,6 +50,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
+    max_prefill_tokens: int = 4096
     batch_window_ms: float = 5.0
     max_queued_requests: int = 256
     request_timeout_s: float = 600.0
@@ -117,6 +118,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "MAX_BODY_BYTES": ("max_body_bytes", int),
     "MAX_BATCH_SIZE": ("max_batch_size", int),
     "MAX_BATCH_TOKENS": ("max_batch_tokens", int),
+    "MAX_PREFILL_TOKENS": ("max_prefill_tokens", int),
     "BATCH_WINDOW_MS": ("batch_window_ms", float),
     "MAX_QUEUED_REQUESTS": ("max_queued_requests", int),
     "REQUEST_TIMEOUT_S": ("request_timeout_s", float),
@@ -173,7 +175,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
     if s.pipeline not in ("text-generation", "conversational"):
         raise ConfigError(f"PIPELINE must be text-generation or conversational; got {s.pipeline!r}")
-    for name in ("threads", "max_batch_size", "max_batch_tokens", "max_body_bytes", "max_queued_requests"):
+    for name in ("threads", "max_batch_size", "max_batch_tokens", "max_prefill_tokens", "max_body_bytes",
+                 "max_queued_requests"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if s.max_input_tokens < 0 or s.drain_delay_s < 0:

@@ -14,6 +14,7 @@ from server.api.errors import ApiError
 from server.engine.detokenize import IncrementalDetokenizer, find_stop
 from server.engine.params import InvalidParams, build_params
 from server.engine.request import (
+    EngineTimeout,
     FinishEvent,
     FinishReason,
     GenerationParams,
@@ -134,6 +135,9 @@ def token_texts(engine: Engine, token_ids: list[int], skip_special_tokens: bool 
 
 
 def _stream_error(exc: StreamError) -> ApiError:
+    if isinstance(exc, EngineTimeout):
+        return ApiError(503, f"{exc}; the server is overloaded, retry later", kind="overloaded",
+                        headers={"Retry-After": "5"})
     if exc.client_error:
         return ApiError(400, str(exc))
     return ApiError(500, str(exc), kind="server_error")

@@ -101,6 +101,10 @@ class StreamError(RuntimeError):
         self.client_error = client_error
 
 
+class EngineTimeout(StreamError):
+    """The engine did not finish a request in time (overload, not a fault of the request)."""
+
+
 class TokenStream:
     """Thread-safe channel of events from the scheduler to one waiting HTTP thread."""
 
@@ -147,7 +151,7 @@ class TokenStream:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
                 self.cancel()
-                raise StreamError("request timed out waiting for the engine") from None
+                raise EngineTimeout("request timed out waiting for the engine") from None
             if isinstance(item, StreamError):
                 raise item
             if isinstance(item, FinishEvent):

@@ -57,11 +57,16 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, runner: ModelRunner, max_batch_size: int = 32, window_s: float = 0.005,
                  max_queued: int = 256, max_batch_tokens: int = 16384,
-                 on_path: Callable[[str], None] | None = None, batching: bool | None = None) -> None:
+                 on_path: Callable[[str], None] | None = None, batching: bool | None = None,
+                 max_prefill_tokens: int = 4096) -> None:
         self.runner = runner
         self.model = runner.loaded.model
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        # One prefill forward is not interruptible: bound its padded size, so that a flood of long
+        # prompts is admitted over several steps (deadlines and cancellations are seen in between)
+        # and the running rows keep getting tokens.
+        self.max_prefill_tokens = max_prefill_tokens
         self.window_s = window_s
         self.max_queued = max_queued
         self.on_path = on_path  # metrics hook: which path a request took ("batched" or "generate")
@@ -167,6 +172,7 @@ class Scheduler:
         rows = len(current)
         widest = max((r.bound for r in current), default=0)
         group: list[GenerationRequest] = []
+        group_rows = prompt_width = 0
         with self._cond:
             while self._waiting:
                 req = self._waiting[0]
@@ -188,9 +194,13 @@ class Scheduler:
                 width = max(widest, req.prompt_tokens + req.params.max_new_tokens)
                 if rows and (rows + n > self.max_batch_size or (rows + n) * width > self.max_batch_tokens):
                     break  # FIFO: later requests wait behind the head
+                prompt = max(prompt_width, req.prompt_tokens)
+                if group and (group_rows + n) * prompt > self.max_prefill_tokens:
+                    break  # the rest joins at a later step
                 self._waiting.popleft()
                 group.append(req)
                 rows, widest = rows + n, width
+                group_rows, prompt_width = group_rows + n, prompt
         for _ in group:
             self._path("batched")
         return group

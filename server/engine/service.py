@@ -66,6 +66,7 @@ class Engine:
                 window_s=s.batch_window_ms / 1000.0,
                 max_queued=s.max_queued_requests,
                 max_batch_tokens=s.max_batch_tokens,
+                max_prefill_tokens=s.max_prefill_tokens,
                 on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc(),
             )
             self.scheduler.start()

@@ -19,6 +19,8 @@ BATCH_SIZE = Gauge("inferbox_running_batch_size", "Requests in the running batch
 ENGINE_PATH = Counter("inferbox_engine_path",
                       "Requests by engine path: batched (continuous batching) or generate (exact fallback)",
                       ["path"], registry=REGISTRY)
+for _path in ("batched", "generate"):  # export both series from the start, at zero
+    ENGINE_PATH.labels(path=_path)
 LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
                     registry=REGISTRY,
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))

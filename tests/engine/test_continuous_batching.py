@@ -263,3 +263,14 @@ def test_a_broken_distribution_fails_only_its_row(loaded, make_scheduler):
     for r in good:
         assert collect(r, timeout=120)[0].finish_reason in ("length", "eos")
     assert sched.alive
+
+
+def test_a_flood_is_prefilled_in_bounded_steps(loaded, make_scheduler):
+    """No single prefill exceeds MAX_PREFILL_TOKENS (padded), yet every request is answered."""
+    sched = make_scheduler(max_batch_size=16, window_s=0.05, max_prefill_tokens=64)
+    reqs = [request(loaded, "word " * 20 + str(i), max_new_tokens=3) for i in range(6)]
+    for r in reqs:
+        sched.submit(r)
+    for r in reqs:
+        assert collect(r, timeout=120)[0].finish_reason in ("length", "eos")
+    assert sched.stats.prefills >= 3  # about 22 tokens each: at most two per 64-token prefill

@@ -62,12 +62,12 @@ def test_dead_scheduler_makes_health_503_and_answers_waiting_clients(monkeypatch
     assert client.get("/health").status_code == 200
     entered = threading.Event()
 
-    def crash(group):
+    def crash(*args, **kwargs):
         entered.set()
         time.sleep(0.2)
         raise _Crash("injected")
 
-    monkeypatch.setattr(engine.scheduler.runner, "generate", crash)
+    monkeypatch.setattr(engine.scheduler, "_step", crash)  # the loop's one step: prefill + decode
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # keep the test output clean
     result: dict = {}
 
