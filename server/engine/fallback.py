@@ -60,9 +60,12 @@ def batch_key(params: GenerationParams) -> str:
 class ExactLane:
     """A FIFO of requests served one `generate` call at a time on a thread of its own."""
 
-    def __init__(self, runner: ModelRunner, max_batch_size: int = 8, window_s: float = 0.005) -> None:
+    def __init__(self, runner: ModelRunner, max_batch_size: int = 8, window_s: float = 0.005,
+                 max_prefill_tokens: int = 4096) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
+        # beams multiply the rows of one generate call: bound its padded prefill as the batch does
+        self.max_prefill_tokens = max_prefill_tokens
         self.window_s = window_s
         self._waiting: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
@@ -100,16 +103,26 @@ class ExactLane:
                 return []
         time.sleep(self.window_s)  # let simultaneous arrivals join
         with self._cond:
-            first = self._waiting.popleft()
+            live = [r for r in self._waiting if not drop_cancelled(r) and not _expired(r)]
+            self._waiting.clear()
+            if not live:
+                return []
+            first = live[0]
             key = batch_key(first.params)
             group = [first]
+            widest = first.prompt_tokens
             rest: deque[GenerationRequest] = deque()
-            while self._waiting and len(group) < self.max_batch_size:
-                r = self._waiting.popleft()
-                (group if batch_key(r.params) == key else rest).append(r)
-            rest.extend(self._waiting)
+            for r in live[1:]:
+                wide = max(widest, r.prompt_tokens)
+                fits = (len(group) < self.max_batch_size
+                        and (len(group) + 1) * _rows(r) * wide <= self.max_prefill_tokens)
+                if fits and batch_key(r.params) == key:
+                    group.append(r)
+                    widest = wide
+                else:
+                    rest.append(r)
             self._waiting = rest
-        return [r for r in group if not drop_cancelled(r)]
+        return group
 
     def _run(self) -> None:
         while True:
@@ -155,6 +168,20 @@ def fail_requests(requests: list[GenerationRequest], exc: Exception) -> None:
         if not r.stream.closed.is_set():
             r.stream.fail(f"generation failed: {type(exc).__name__}: {exc}" if client
                           else "generation failed", client_error=client)
+
+
+def _rows(r: GenerationRequest) -> int:
+    """Rows one request occupies inside `generate` (beams and returned sequences)."""
+    return max(int(r.params.extra_dict.get("num_beams") or 1), r.params.num_return_sequences)
+
+
+def _expired(r: GenerationRequest) -> bool:
+    """End a request whose deadline passed while it queued, without running it."""
+    if r.deadline is not None and time.monotonic() > r.deadline:
+        for i in range(r.params.num_return_sequences):
+            r.stream.finish(i, "timeout")
+        return True
+    return False
 
 
 def drop_cancelled(r: GenerationRequest) -> bool:

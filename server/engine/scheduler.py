@@ -75,7 +75,7 @@ class Scheduler:
             if not batching:
                 log.info("continuous batching off, every request uses exact generate: %s", why)
         self.batching = batching
-        self.exact = ExactLane(runner, max_batch_size, window_s)
+        self.exact = ExactLane(runner, max_batch_size, window_s, max_prefill_tokens)
         self._waiting: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._stopping = False
