@@ -7,6 +7,7 @@ machine without a GPU the model is loaded on the CPU with no dispatch hooks, whi
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -62,6 +63,23 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self._offloaded = self.offloaded
+        if self._offloaded or self.device.type == "cpu":
+            self._serialize_forward()
+
+    def _serialize_forward(self) -> None:
+        """One forward at a time. Several engine threads use the model (the batch, the exact
+        lane, prompt scoring); on a CPU two concurrent forwards only oversubscribe the cores (each
+        runs many times slower), and offloaded weights must not be moved by two threads at once.
+        Locking each forward, not each `generate` call, lets the threads take turns step by step."""
+        inner = self.model.forward
+        lock = self._lock
+
+        @functools.wraps(inner)  # generate inspects forward's signature
+        def forward(*args, **kwargs):  # noqa: ANN202 - same signature as the model's
+            with lock:
+                return inner(*args, **kwargs)
+
+        self.model.forward = forward
 
 
 def resolve_dtype(name: str, cuda: bool, gguf: bool) -> torch.dtype | str:
