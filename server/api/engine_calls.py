@@ -6,6 +6,7 @@ dialect renders in its own shape.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,12 +97,13 @@ def run(engine: Engine, request: GenerationRequest) -> list[SequenceResult]:
 def run_many(engine: Engine, requests: list[GenerationRequest]) -> list[list[SequenceResult]]:
     """Submit every request first (so the scheduler can batch them), then wait for each."""
     out: list[list[SequenceResult]] = []
+    deadline = time.monotonic() + _wait_limit(engine)  # one bound for the whole group, not each
     try:
         for r in requests:
             submit(engine, r)
         for r in requests:
             try:
-                out.append(collect(r, timeout=_wait_limit(engine)))
+                out.append(collect(r, timeout=max(0.0, deadline - time.monotonic())))
             except StreamError as exc:
                 raise _stream_error(exc) from None
         return out
