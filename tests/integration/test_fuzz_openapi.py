@@ -2,13 +2,14 @@
 (503 overload/unavailable aside, which is backpressure, not a fault).
 
 Needs GET /openapi.json (the dialects' issue); skipped while the build has none. Cases per
-operation: FUZZ_EXAMPLES (default 120; the issue asks for >= 1000 across all endpoints). Each
+operation: FUZZ_EXAMPLES (default 160; the issue asks for >= 1000 across all endpoints). Each
 generation is capped by REQUEST_TIMEOUT_S=0.25 and MAX_INPUT_TOKENS so the run stays bounded.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import requests
@@ -23,9 +24,6 @@ pytestmark = pytest.mark.integration
 
 KEY = "fuzz-key"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "160"))
-# Known open bug: some generated MosaicML /predict batches take 10-30 s on 2 CPU cores despite
-# REQUEST_TIMEOUT_S (one exceeded the client's 60 s), so they are left out until that is fixed.
-SKIPPED_PATHS = ("/predict", "/predict_stream", "/v1/predict", "/v1/predict_stream")
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +52,9 @@ def test_no_generated_case_gets_a_server_error(api_schema, fuzz_server) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     failures: list[str] = []
     total = 0
+    slowest = 0.0
     for result in api_schema.get_all_operations():
         operation = result.ok()
-        if operation.path in SKIPPED_PATHS:
-            continue
         strategy = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
                              operation.as_strategy(GenerationMode.NEGATIVE))
 
@@ -65,15 +62,17 @@ def test_no_generated_case_gets_a_server_error(api_schema, fuzz_server) -> None:
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate])
         @given(case=strategy)
         def run(case) -> None:
-            nonlocal total
+            nonlocal total, slowest
             total += 1
-            response = case.call(base_url=fuzz_server.url, headers=auth, timeout=60)
+            start = time.monotonic()
+            response = case.call(base_url=fuzz_server.url, headers=auth, timeout=60)  # a hang fails here
+            slowest = max(slowest, time.monotonic() - start)
             if response.status_code >= 500 and response.status_code != 503:
                 failures.append(f"{case.method} {case.formatted_path} body={str(case.body)[:200]} -> "
                                 f"{response.status_code}: {response.text[:300]}")
 
         run()
-    print(f"schemathesis: {total} generated cases")
+    print(f"schemathesis: {total} generated cases, slowest answered in {slowest:.1f} s")
     assert not failures, "\n".join(failures[:10])
     assert total >= 1000 or "FUZZ_EXAMPLES" in os.environ, total
     assert requests.get(fuzz_server.url + "/health", timeout=10).status_code == 200
