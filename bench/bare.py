@@ -1,13 +1,18 @@
-"""Bare `model.generate` on the benchmark's prompts, in a process of its own (no server running).
+"""Bare `model.generate` on the benchmark's prompts, in a worker process of its own.
 
-Prints one JSON object: tokens/s sequential (one request at a time) and for static left-padded
-batches of each requested size.
+The worker loads the model once, prints `ready`, then answers one JSON line per command read from
+stdin: `{"batch": [prompt indexes]}` runs one `generate` call on those prompts (a static left-padded
+batch, or one request when the list has one index) and answers `{"seconds": s, "tokens": t}`.
+Keeping the worker alive lets the bench alternate bare and server measurements cheaply, so both
+see the same machine load (these machines are noisy); while the server is measured, the worker
+only waits on stdin.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -40,20 +45,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--sequential", type=int, default=4, help="requests run one at a time")
-    ap.add_argument("--batches", default="8,32", help="static batch sizes")
     args = ap.parse_args()
     loaded = loader.load(Settings(model_path=args.model, device_map="auto"))
-    n = args.new_tokens
     run_generate(loaded, [0], 8)  # warm-up
-    result = {}
-    if args.sequential:
-        seq_time = sum(run_generate(loaded, [i], n) for i in range(args.sequential))
-        result["sequential"] = {"requests": args.sequential, "tokens_per_s": args.sequential * n / seq_time}
-    for b in (int(x) for x in args.batches.split(",") if x):
-        t = run_generate(loaded, list(range(b)), n)
-        result[f"static_{b}"] = {"requests": b, "tokens_per_s": b * n / t}
-    print(json.dumps(result))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        idx = [int(i) for i in json.loads(line)["batch"]]
+        seconds = run_generate(loaded, idx, args.new_tokens)
+        print(json.dumps({"seconds": seconds, "tokens": len(idx) * args.new_tokens}), flush=True)
 
 
 if __name__ == "__main__":

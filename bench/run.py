@@ -1,13 +1,15 @@
 """`make bench` (`python -m bench.run [options]`; `make bench BENCH_ARGS="--quick"`).
 
-1. Bare `model.generate` in a separate process, just before each server level, while the server
-   is idle: sequential for c = 1, a static batch of c otherwise.
+1. Bare `model.generate` in a worker process of its own (loaded once): sequential for c = 1, a
+   static batch of c otherwise.
 2. The real server (`python -m server`, gunicorn, a free port): tokens/s with c closed-loop clients
    (each sends its next request when the last one is answered), every request greedy with exactly
    N new tokens (`min_new_tokens`); time to first token of streamed requests at idle and while c=8
    clients keep the engine busy.
-Prints a table, writes JSON and a PNG chart (tokens/s against concurrency, server vs bare) under
-bench/results/.
+At each level the two alternate `--repeats` times (each one idle while the other runs), so both
+sample the same stretch of machine load; the table gives medians, their ratio, and the range of
+the per-pair ratios. Prints the table, writes JSON and a PNG chart (tokens/s against concurrency,
+server vs bare) under bench/results/.
 """
 
 from __future__ import annotations
@@ -97,9 +99,36 @@ def stream_ttft(url: str, i: int, new_tokens: int) -> tuple[float, int]:
     return (first if first is not None else time.perf_counter() - start), tokens
 
 
+def engine_counters(url: str) -> dict[str, float]:
+    """The engine's step counters from /metrics: `<series>:<kind>` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("inferbox_engine_step") and sample.name.endswith("_total"):
+                out[f"{sample.name}:{sample.labels['kind']}"] = sample.value
+    return out
+
+
+def engine_profile(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """What the engine did during a level: forwards, mean rows per forward, share of wall time busy."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    prof: dict[str, float] = {}
+    for kind in ("prefill", "decode"):
+        steps = d.get(f"inferbox_engine_steps_total:{kind}", 0.0)
+        prof[f"{kind}_steps"] = steps
+        rows = d.get(f"inferbox_engine_step_rows_total:{kind}", 0.0)
+        prof[f"{kind}_mean_rows"] = rows / steps if steps else 0.0
+        prof[f"{kind}_busy"] = d.get(f"inferbox_engine_step_seconds_total:{kind}", 0.0) / wall
+    return prof
+
+
 def throughput(url: str, clients: int, rounds: int, new_tokens: int) -> dict[str, float]:
     """c closed-loop clients, `rounds` requests each; tokens/s over the whole wall time."""
     latencies: list[float] = []
+    before = engine_counters(url)
 
     def client(k: int) -> None:
         for r in range(rounds):
@@ -113,7 +142,8 @@ def throughput(url: str, clients: int, rounds: int, new_tokens: int) -> dict[str
     wall = time.perf_counter() - start
     tokens = clients * rounds * new_tokens
     return {"clients": clients, "requests": clients * rounds, "tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall, "latency_p50_s": statistics.median(latencies)}
+            "tokens_per_s": tokens / wall, "latency_p50_s": statistics.median(latencies),
+            "engine": engine_profile(before, engine_counters(url), wall)}
 
 
 def ttft_under_load(url: str, clients: int, probes: int, new_tokens: int) -> list[float]:
@@ -138,11 +168,64 @@ def ttft_under_load(url: str, clients: int, probes: int, new_tokens: int) -> lis
         pool.shutdown()
 
 
-def bare(model: str, new_tokens: int, sequential: int, batches: list[int]) -> dict:
-    cmd = [sys.executable, "-m", "bench.bare", "--model", model, "--new-tokens", str(new_tokens),
-           "--sequential", str(sequential), "--batches", ",".join(map(str, batches))]
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class BareWorker:
+    """The bare-`generate` reference (bench/bare.py), loaded once in its own process."""
+
+    def __init__(self, model: str, new_tokens: int, log_path: Path) -> None:
+        cmd = [sys.executable, "-m", "bench.bare", "--model", model, "--new-tokens", str(new_tokens)]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True)
+        if self._line() != "ready":
+            raise RuntimeError(f"bare worker failed to start; see {log_path}")
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line and self.proc.poll() is not None:
+            raise RuntimeError("bare worker exited")
+        return line
+
+    def tokens_per_s(self, batches: list[list[int]]) -> float:
+        """Run each batch as one `generate` call, one after another; tokens/s over all of them."""
+        assert self.proc.stdin is not None
+        seconds = tokens = 0.0
+        for idx in batches:
+            self.proc.stdin.write(json.dumps({"batch": idx}) + "\n")
+            self.proc.stdin.flush()
+            answer = json.loads(self._line())
+            seconds += answer["seconds"]
+            tokens += answer["tokens"]
+        return tokens / seconds
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def measure_level(url: str, worker: BareWorker, clients: int, rounds: int, new_tokens: int,
+                  repeats: int) -> tuple[dict, dict]:
+    """Alternate the bare reference and the server `repeats` times at one concurrency, so that
+    both sample the same stretch of machine load; report medians (and every pair in the JSON)."""
+    if clients == 1:
+        name, batches = "sequential", [[i] for i in range(rounds)]
+    else:
+        name, batches = f"static_{clients}", [list(range(clients))]
+    bare_runs: list[float] = []
+    server_runs: list[dict] = []
+    for _ in range(repeats):
+        bare_runs.append(worker.tokens_per_s(batches))
+        server_runs.append(throughput(url, clients, rounds, new_tokens))
+    best = sorted(server_runs, key=lambda r: r["tokens_per_s"])[len(server_runs) // 2]  # the median run
+    server = {**best, "runs_tokens_per_s": [r["tokens_per_s"] for r in server_runs],
+              "pair_ratios": [r["tokens_per_s"] / b for r, b in zip(server_runs, bare_runs, strict=True)]}
+    bare = {name: {"requests": len(batches) * len(batches[0]), "tokens_per_s": statistics.median(bare_runs),
+                   "runs_tokens_per_s": bare_runs}}
+    return bare, server
 
 
 def chart(result: dict, path: Path) -> None:
@@ -181,14 +264,16 @@ def table(result: dict) -> str:
         if k.startswith("static_"):
             ref[int(k.split("_")[1])] = (f"bare static batch {k.split('_')[1]}", v["tokens_per_s"], 1.0)
     lines = [f"{'clients':>7} | {'server tok/s':>12} | {'p50 latency s':>13} | {'reference':<22} | "
-             f"{'ref tok/s':>9} | {'ratio':>5} | target"]
+             f"{'ref tok/s':>9} | {'ratio':>5} | {'pairs':>9} | target"]
     for s in result["server"]:
         c = s["clients"]
         name, value, need = ref.get(c, ("-", float("nan"), float("nan")))
         ratio = s["tokens_per_s"] / value if value == value else float("nan")
         verdict = "ok" if ratio >= need else "SHORT"
+        pairs = s.get("pair_ratios") or [ratio]
+        span = f"{min(pairs):.2f}-{max(pairs):.2f}"
         lines.append(f"{c:>7} | {s['tokens_per_s']:>12.1f} | {s['latency_p50_s']:>13.2f} | {name:<22} | "
-                     f"{value:>9.1f} | {ratio:>5.2f} | >= {need:.2f} {verdict}")
+                     f"{value:>9.1f} | {ratio:>5.2f} | {span:>9} | >= {need:.2f} {verdict}")
     t = result.get("ttft")
     if t:
         ratio = t["under_load_p50_s"] / t["idle_p50_s"]
@@ -206,11 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at c > 1")
     ap.add_argument("--sequential", type=int, default=4, help="requests at c = 1 (and bare sequential)")
     ap.add_argument("--ttft-probes", type=int, default=6, help="0 skips the TTFT measurement")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="bare/server alternations per level (medians are reported)")
     ap.add_argument("--quick", action="store_true", help="c = 1, 8; 32 new tokens; one round; 3 probes")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     args = ap.parse_args(argv)
     if args.quick:
         args.concurrency, args.new_tokens, args.rounds, args.sequential, args.ttft_probes = "1,8", 32, 1, 2, 3
+        args.repeats = 1
     conc = [int(c) for c in args.concurrency.split(",") if c]
     n = args.new_tokens
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -218,21 +306,25 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"load before: {os.getloadavg()}", flush=True)
     env = dict(kv.split("=", 1) for kv in args.env)
-    proc, url = start_server(args.model, env, RESULTS / f"server-{stamp}.log")
+    worker = BareWorker(args.model, n, RESULTS / f"bare-{stamp}.log")
     bare_result: dict = {}
+    try:
+        proc, url = start_server(args.model, env, RESULTS / f"server-{stamp}.log")
+    except BaseException:
+        worker.close()
+        raise
     try:
         chat(url, 0, 8)  # warm-up
         server = []
         for c in conc:
-            # Each bare reference runs just before its server level, in its own process while the
-            # server is idle: the two never compete, and share the machine's load of the moment.
-            print(f"bare generate for c={c} (separate process, server idle)...", flush=True)
-            bare_result.update(bare(args.model, n, args.sequential if c == 1 else 0, [c] if c > 1 else []))
-            print(f"server, {c} client(s)...", flush=True)
+            print(f"c={c}: bare generate and server, alternating x{args.repeats}...", flush=True)
             rounds = args.sequential if c == 1 else args.rounds
-            server.append(throughput(url, c, rounds, n))
-            print(f"  bare {json.dumps(bare_result)}; server {server[-1]['tokens_per_s']:.1f} tok/s",
-                  flush=True)
+            bare_level, server_level = measure_level(url, worker, c, rounds, n, args.repeats)
+            bare_result.update(bare_level)
+            server.append(server_level)
+            print(f"  bare {[round(v) for v in next(iter(bare_level.values()))['runs_tokens_per_s']]} tok/s; "
+                  f"server {[round(v) for v in server_level['runs_tokens_per_s']]} tok/s; engine "
+                  f"{json.dumps({k: round(v, 2) for k, v in server_level['engine'].items()})}", flush=True)
         ttft = None
         if args.ttft_probes:
             print("time to first token...", flush=True)
@@ -243,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
     finally:
         stop_server(proc)
+        worker.close()
 
     import torch
 

@@ -58,7 +58,8 @@ class Scheduler:
     def __init__(self, runner: ModelRunner, max_batch_size: int = 32, window_s: float = 0.005,
                  max_queued: int = 256, max_batch_tokens: int = 16384,
                  on_path: Callable[[str], None] | None = None, batching: bool | None = None,
-                 max_prefill_tokens: int = 4096) -> None:
+                 max_prefill_tokens: int = 4096,
+                 on_step: Callable[[str, int, float], None] | None = None) -> None:
         self.runner = runner
         self.model = runner.loaded.model
         self.max_batch_size = max_batch_size
@@ -70,6 +71,7 @@ class Scheduler:
         self.window_s = window_s
         self.max_queued = max_queued
         self.on_path = on_path  # metrics hook: which path a request took ("batched" or "generate")
+        self.on_step = on_step  # metrics hook: (kind "prefill"/"decode", rows, seconds) per forward
         if batching is None:
             batching, why = supports_batching(self.model)
             if not batching:
@@ -135,6 +137,10 @@ class Scheduler:
         if self.on_path is not None:
             self.on_path(path)
 
+    def _stepped(self, kind: str, rows: int, started: float) -> None:
+        if self.on_step is not None:
+            self.on_step(kind, rows, time.perf_counter() - started)
+
     def _wait_for_work(self) -> bool:
         with self._cond:
             while not self._waiting and not self._batch and not self._stopping:
@@ -158,9 +164,12 @@ class Scheduler:
             st.peak_rows = max(st.peak_rows, len(batch))
             st.peak_tokens = max(st.peak_tokens, len(batch) * (batch.width + 1))
             try:
+                started = time.perf_counter()
+                rows = len(batch)
                 with self.runner.loaded.exclusive():
                     logits = batch.decode(self.model)
                 self._advance(batch, logits)
+                self._stepped("decode", rows, started)
             except Exception as exc:  # fail this step's requests; keep serving the queue
                 log.exception("decode step failed for %d row(s)", len(batch))
                 fail_requests(_requests(batch.rows), exc)
@@ -209,9 +218,11 @@ class Scheduler:
         rows = [self._row(req, j) for req in group for j in range(req.params.num_return_sequences)]
         self.stats.prefills += 1
         try:
+            started = time.perf_counter()
             with self.runner.loaded.exclusive():
                 fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id)
             self._advance(fresh, logits)
+            self._stepped("prefill", len(rows), started)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
             log.exception("prefill failed for %d request(s)", len(group))
             fail_requests(group, exc)

@@ -68,6 +68,7 @@ class Engine:
                 max_batch_tokens=s.max_batch_tokens,
                 max_prefill_tokens=s.max_prefill_tokens,
                 on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc(),
+                on_step=metrics.record_step,
             )
             self.scheduler.start()
             self.loaded = loaded

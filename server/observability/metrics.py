@@ -21,6 +21,16 @@ ENGINE_PATH = Counter("inferbox_engine_path",
                       ["path"], registry=REGISTRY)
 for _path in ("batched", "generate"):  # export both series from the start, at zero
     ENGINE_PATH.labels(path=_path)
+STEPS = Counter("inferbox_engine_steps", "Batched forward passes: prefill (admits new rows) or decode",
+                ["kind"], registry=REGISTRY)
+STEP_ROWS = Counter("inferbox_engine_step_rows", "Rows processed by batched forward passes (divide by "
+                    "inferbox_engine_steps_total for the mean batch size)", ["kind"], registry=REGISTRY)
+STEP_SECONDS = Counter("inferbox_engine_step_seconds", "Time spent in batched forward passes, including "
+                       "token choice (divide by wall time for the engine's busy fraction)", ["kind"],
+                       registry=REGISTRY)
+for _kind in ("prefill", "decode"):
+    for _series in (STEPS, STEP_ROWS, STEP_SECONDS):
+        _series.labels(kind=_kind)
 LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
                     registry=REGISTRY,
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
@@ -34,6 +44,12 @@ DRAINING = Gauge("inferbox_draining", "1 while the server drains after SIGTERM",
 
 def record_ttft(seconds: float) -> None:
     TTFT.observe(max(0.0, seconds))
+
+
+def record_step(kind: str, rows: int, seconds: float) -> None:
+    STEPS.labels(kind=kind).inc()
+    STEP_ROWS.labels(kind=kind).inc(rows)
+    STEP_SECONDS.labels(kind=kind).inc(seconds)
 
 
 def record_tokens(prompt_tokens: int, generated_tokens: int) -> None:
