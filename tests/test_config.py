@@ -40,6 +40,7 @@ def test_preset_then_environment() -> None:
         ({"ALLOW_REMOTE_FILES": "maybe"}, "ALLOW_REMOTE_FILES"),
         ({"MAX_MEMORY": "20GiB"}, "MAX_MEMORY"),
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
+        ({"CPU_LINEAR": "mkl"}, "CPU_LINEAR"),
         ({"PRESET": "no-such-model"}, "unknown preset"),
     ],
 )

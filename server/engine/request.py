@@ -188,7 +188,12 @@ class SequenceResult:
 def collect(request: GenerationRequest, timeout: float | None = None) -> list[SequenceResult]:
     """Wait for a request to finish and gather its sequences (non-streaming callers)."""
     results = [SequenceResult() for _ in range(request.params.num_return_sequences)]
-    for event in request.stream.events(timeout):
+    # Wait for the end once instead of waking at every token: with many requests in the batch,
+    # per-token wake-ups of their HTTP threads compete with the decode step for the CPU.
+    if not request.stream.closed.wait(timeout):
+        request.stream.cancel()
+        raise EngineTimeout("request timed out waiting for the engine")
+    for event in request.stream.events(timeout=1.0):
         seq = results[event.index]
         if isinstance(event, TokenEvent):
             seq.token_ids.extend(event.token_ids)
