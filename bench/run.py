@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,48 +29,10 @@ from pathlib import Path
 import requests
 
 from bench.workload import generate_kwargs, messages
+from tools.local_server import ROOT, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_MODEL = ROOT / "models" / "smollm2-135m-instruct"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_PATH": model, **env_extra}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early; see {log_path}")
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    return proc, url
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not healthy in 300 s; see {log_path}")
-    except BaseException:
-        stop_server(proc)  # never leave a server behind
-        raise
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def chat(url: str, i: int, new_tokens: int) -> None:
@@ -309,10 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     worker = BareWorker(args.model, n, RESULTS / f"bare-{stamp}.log")
     bare_result: dict = {}
     try:
-        proc, url = start_server(args.model, env, RESULTS / f"server-{stamp}.log")
+        srv = start_server(RESULTS, {"MODEL_PATH": args.model, **env})
     except BaseException:
         worker.close()
         raise
+    url = srv.url
     try:
         chat(url, 0, 8)  # warm-up
         server = []
@@ -334,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                     "under_load_s": loaded, "under_load_p50_s": statistics.median(loaded)}
         metrics = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
     finally:
-        stop_server(proc)
+        srv.stop()
         worker.close()
 
     import torch

@@ -11,27 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import psutil
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.local_server import ROOT, start_server
+
 KEY = "soak-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -39,27 +28,6 @@ def _percentile(values: list[float], q: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
-
-
-def start_server(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "API_KEYS": KEY, **env_extra}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early; see {log_path}")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not become healthy")
 
 
 def main() -> int:
@@ -77,13 +45,13 @@ def main() -> int:
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = out_dir / f"soak-{stamp}.log"
-    env = {"MAX_BATCH_SIZE": str(args.batch), "MAX_QUEUED_REQUESTS": str(args.queue),
+    env = {"API_KEYS": KEY, "MAX_BATCH_SIZE": str(args.batch), "MAX_QUEUED_REQUESTS": str(args.queue),
            "THREADS": str(max(64, clients + 8)), "REQUEST_TIMEOUT_S": "120"}
     if args.rate_limit:
         env["RATE_LIMIT"] = args.rate_limit
-    proc, url = start_server(env, log_path)
-    worker = psutil.Process(proc.pid).children()[0]
+    srv = start_server(out_dir, env)
+    url, log_path = srv.url, srv.log_path
+    worker = psutil.Process(srv.proc.pid).children()[0]
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"prompt": "Write a short story about a lighthouse keeper.",
             "generate_kwargs": {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens,
@@ -133,11 +101,7 @@ def main() -> int:
         rss_after = worker.memory_info().rss
         healthy = requests.get(url + "/health", timeout=10).status_code == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        srv.stop()
 
     ok = statuses.get("200", 0)
     report = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +194,49 @@ class _Choice:
     started: bool = False
     text_offset: int = 0
 
+    def add(self, d: engine_calls.TextDelta) -> None:
+        self.ids.extend(d.token_ids)
+        self.tokens += len(d.token_ids)
+        if d.logprobs:
+            self.lps.extend(d.logprobs)
+            self.tops.extend(d.top_logprobs or [[] for _ in d.logprobs])
+
+    def unsent_logprobs(self, engine: Engine, req: GenerationRequest, final: bool,
+                        special: set[int]) -> tuple[list[int], list[float], list[list[tuple[int, float]]]]:
+        """Tokens (special ones left out) whose logprobs are known and not sent yet; at the end,
+        fills any the engine did not stream (exact lane) by scoring."""
+        if final and len(self.lps) < len(self.ids):
+            seq = SequenceResult(token_ids=self.ids, logprobs=self.lps, top_logprobs=self.tops)
+            engine_calls.ensure_logprobs(engine, req, seq)
+            self.lps, self.tops = seq.logprobs, seq.top_logprobs
+        end = min(len(self.ids), len(self.lps))
+        keep = [k for k in range(self.sent_lp, end) if self.ids[k] not in special]
+        self.sent_lp = max(self.sent_lp, end)
+        return ([self.ids[k] for k in keep], [self.lps[k] for k in keep],
+                [self.tops[k] if k < len(self.tops) else [] for k in keep])
+
+
+def _sse_stream(chunks: Iterator[str], deltas: Iterator[Any], states: list[_Choice], prompt_tokens: int,
+                usage_chunk: Callable[[dict[str, int]], str] | None) -> Response:
+    """What both OpenAI streams share around their chunks: token metrics, the usage chunk when
+    asked, an error event if generation fails mid-stream, and the final `[DONE]`."""
+
+    def body() -> Iterator[str]:
+        try:
+            yield from chunks
+            completion = sum(s.tokens for s in states)
+            metrics.record_tokens(prompt_tokens, completion)
+            if usage_chunk is not None:
+                yield usage_chunk(_usage(prompt_tokens, completion))
+        except ApiError as exc:
+            yield sse({"error": {"message": exc.message, "type": "server_error", "param": None,
+                                 "code": exc.kind}})
+        finally:
+            deltas.close()
+        yield sse("[DONE]")
+
+    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+
 
 def _tok(engine: Engine, tid: int) -> str:
     return engine.tokenizer.decode([tid], skip_special_tokens=False)
@@ -319,52 +362,29 @@ def _chat_stream(engine: Engine, reqs: list[GenerationRequest], rid: str, name: 
     def logprobs_of(i: int, st: _Choice, final: bool) -> dict[str, Any] | None:
         if not want_logprobs:
             return None
-        if final and len(st.lps) < len(st.ids):
-            seq = SequenceResult(token_ids=st.ids, logprobs=st.lps, top_logprobs=st.tops)
-            engine_calls.ensure_logprobs(engine, reqs[i], seq)
-            st.lps, st.tops = seq.logprobs, seq.top_logprobs
-        end = min(len(st.ids), len(st.lps))
-        keep = [k for k in range(st.sent_lp, end) if st.ids[k] not in special]
-        st.sent_lp = max(st.sent_lp, end)
-        top = reqs[i].params.top_logprobs
-        return {"content": _chat_logprob_entries(
-            engine, [st.ids[k] for k in keep], [st.lps[k] for k in keep],
-            [st.tops[k] if k < len(st.tops) else [] for k in keep] if top else None)}
+        ids, lps, tops = st.unsent_logprobs(engine, reqs[i], final, special)
+        want_top = bool(reqs[i].params.top_logprobs)
+        return {"content": _chat_logprob_entries(engine, ids, lps, tops if want_top else None)}
 
-    def body() -> Iterator[str]:
-        states = [_Choice() for _ in reqs]
-        try:
-            for i in range(len(reqs)):
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": "", "tool_calls": None},
-                              "logprobs": None, "finish_reason": None}])
-            for i, d in deltas:
-                st = states[i]
-                st.ids.extend(d.token_ids)
-                st.tokens += len(d.token_ids)
-                if d.logprobs:
-                    st.lps.extend(d.logprobs)
-                    st.tops.extend(d.top_logprobs or [[] for _ in d.logprobs])
-                lp = logprobs_of(i, st, bool(d.finish_reason))
-                if d.text or (lp and lp["content"]):
-                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": d.text,
-                                                        "tool_calls": None},
-                                  "logprobs": lp, "finish_reason": None}])
-                if d.finish_reason:
-                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": None,
-                                                        "tool_calls": None},
-                                  "logprobs": None, "finish_reason": _finish(d.finish_reason)}])
-            completion = sum(s.tokens for s in states)
-            metrics.record_tokens(reqs[0].prompt_tokens, completion)
-            if include_usage:
-                yield chunk([], _usage(reqs[0].prompt_tokens, completion))
-        except ApiError as exc:
-            yield sse({"error": {"message": exc.message, "type": "server_error", "param": None,
-                                 "code": exc.kind}})
-        finally:
-            deltas.close()
-        yield sse("[DONE]")
+    states = [_Choice() for _ in reqs]
 
-    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+    def chunks() -> Iterator[str]:
+        for i in range(len(reqs)):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": "", "tool_calls": None},
+                          "logprobs": None, "finish_reason": None}])
+        for i, d in deltas:
+            states[i].add(d)
+            lp = logprobs_of(i, states[i], bool(d.finish_reason))
+            if d.text or (lp and lp["content"]):
+                delta = {"role": "assistant", "content": d.text, "tool_calls": None}
+                yield chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}])
+            if d.finish_reason:
+                delta = {"role": "assistant", "content": None, "tool_calls": None}
+                yield chunk([{"index": i, "delta": delta, "logprobs": None,
+                              "finish_reason": _finish(d.finish_reason)}])
+
+    return _sse_stream(chunks(), deltas, states, reqs[0].prompt_tokens,
+                       (lambda usage: chunk([], usage)) if include_usage else None)
 
 
 # ---------------------------------------------------------------- /v1/completions
@@ -464,49 +484,28 @@ def _completion_stream(engine: Engine, reqs: list[GenerationRequest], rid: str, 
             data["usage"] = usage
         return sse(data)
 
-    def body() -> Iterator[str]:
-        states = [_Choice() for _ in reqs]
-        try:
-            if echo_texts is not None:
-                for i in range(len(reqs)):
-                    states[i].text_offset = len(echo_texts[i // n])
-                    yield chunk([{"index": i, "text": echo_texts[i // n], "logprobs": None,
-                                  "finish_reason": None}])
-            for i, d in deltas:
-                st = states[i]
-                st.ids.extend(d.token_ids)
-                st.tokens += len(d.token_ids)
-                if d.logprobs:
-                    st.lps.extend(d.logprobs)
-                    st.tops.extend(d.top_logprobs or [[] for _ in d.logprobs])
-                lp = None
-                if logprobs is not None:
-                    if d.finish_reason and len(st.lps) < len(st.ids):
-                        seq = SequenceResult(token_ids=st.ids, logprobs=st.lps, top_logprobs=st.tops)
-                        engine_calls.ensure_logprobs(engine, reqs[i], seq)
-                        st.lps, st.tops = seq.logprobs, seq.top_logprobs
-                    end = min(len(st.ids), len(st.lps))
-                    keep = [k for k in range(st.sent_lp, end) if st.ids[k] not in special]
-                    st.sent_lp = max(st.sent_lp, end)
-                    if keep:
-                        lp = _legacy_logprobs(engine, [st.ids[k] for k in keep], [st.lps[k] for k in keep],
-                                              [st.tops[k] if k < len(st.tops) else [] for k in keep],
-                                              st.text_offset, logprobs > 0)
-                if d.text or lp:
-                    yield chunk([{"index": i, "text": d.text, "logprobs": lp, "finish_reason": None}])
-                    st.text_offset += len(d.text)
-                if d.finish_reason:
-                    yield chunk([{"index": i, "text": "", "logprobs": None,
-                                  "finish_reason": _finish(d.finish_reason)}])
-            completion = sum(s.tokens for s in states)
-            metrics.record_tokens(prompt_tokens, completion)
-            if include_usage:
-                yield chunk([], _usage(prompt_tokens, completion))
-        except ApiError as exc:
-            yield sse({"error": {"message": exc.message, "type": "server_error", "param": None,
-                                 "code": exc.kind}})
-        finally:
-            deltas.close()
-        yield sse("[DONE]")
+    states = [_Choice() for _ in reqs]
 
-    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+    def chunks() -> Iterator[str]:
+        if echo_texts is not None:
+            for i in range(len(reqs)):
+                states[i].text_offset = len(echo_texts[i // n])
+                yield chunk([{"index": i, "text": echo_texts[i // n], "logprobs": None,
+                              "finish_reason": None}])
+        for i, d in deltas:
+            st = states[i]
+            st.add(d)
+            lp = None
+            if logprobs is not None:
+                ids, lps, tops = st.unsent_logprobs(engine, reqs[i], bool(d.finish_reason), special)
+                if ids:
+                    lp = _legacy_logprobs(engine, ids, lps, tops, st.text_offset, logprobs > 0)
+            if d.text or lp:
+                yield chunk([{"index": i, "text": d.text, "logprobs": lp, "finish_reason": None}])
+                st.text_offset += len(d.text)
+            if d.finish_reason:
+                yield chunk([{"index": i, "text": "", "logprobs": None,
+                              "finish_reason": _finish(d.finish_reason)}])
+
+    return _sse_stream(chunks(), deltas, states, prompt_tokens,
+                       (lambda usage: chunk([], usage)) if include_usage else None)

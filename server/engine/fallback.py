@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from server.engine.request import GenerationParams, GenerationRequest
 from server.engine.runner import ModelRunner
+from server.engine.worker import QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +57,27 @@ def batch_key(params: GenerationParams) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
-class ExactLane:
+class ExactLane(QueueWorker):
     """A FIFO of requests served one `generate` call at a time on a thread of its own."""
 
     def __init__(self, runner: ModelRunner, max_batch_size: int = 8, window_s: float = 0.005,
                  max_prefill_tokens: int = 4096) -> None:
+        super().__init__("exact-generate")
         self.runner = runner
         self.max_batch_size = max_batch_size
         # beams multiply the rows of one generate call: bound its padded prefill as the batch does
         self.max_prefill_tokens = max_prefill_tokens
         self.window_s = window_s
-        self._waiting: deque[GenerationRequest] = deque()
-        self._cond = threading.Condition()
-        self._stopping = False
         self.running = 0
-        self._thread = threading.Thread(target=self._run, name="exact-generate", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    @property
-    def queue_depth(self) -> int:
-        return len(self._waiting)
-
     def submit(self, request: GenerationRequest) -> None:
         with self._cond:
             self._waiting.append(request)
             self._cond.notify()
-
-    def stop(self, timeout: float | None = None) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
 
     def _take_group(self) -> list[GenerationRequest]:
         with self._cond:

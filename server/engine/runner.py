@@ -1,9 +1,10 @@
 """The model runner: runs exact `model.generate` on a group of requests that share parameters.
 
-Used for the first batcher and, once continuous batching lands, as the exact fallback for options a
-batched decode step cannot reproduce (beam search, constrained decoding, ...). Tokens are streamed
-per step through a stopping criterion, which also applies cancellation, deadlines and stop strings
-per row.
+The exact lane of the engine (fallback.py): options a batched decode step cannot reproduce (beam
+search, constrained decoding, ...). Tokens are streamed per step through a stopping criterion,
+which also applies cancellation, deadlines and stop strings per row. When logprobs are wanted, a
+row's finish event waits until its logprobs (read from `generate`'s logits at the end) are pushed,
+so that a stream never ends before them.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ log = logging.getLogger(__name__)
 
 
 class _RowState:
-    __slots__ = ("request", "index", "generated", "done", "text_tail")
+    __slots__ = ("request", "index", "generated", "done", "text_tail", "defer_finish", "reason")
 
-    def __init__(self, request: GenerationRequest, index: int) -> None:
+    def __init__(self, request: GenerationRequest, index: int, defer_finish: bool = False) -> None:
         self.request = request
         self.index = index
         self.generated: list[int] = []
         self.done = False
         self.text_tail = ""
+        self.defer_finish = defer_finish  # finish only after the logprobs were pushed
+        self.reason: FinishReason | None = None
 
 
 class _StreamingCriteria(StoppingCriteria):
@@ -82,7 +85,9 @@ class _StreamingCriteria(StoppingCriteria):
 def _finish(row: _RowState, reason: FinishReason) -> None:
     if not row.done:
         row.done = True
-        row.request.stream.finish(row.index, reason)
+        row.reason = reason
+        if not row.defer_finish:
+            row.request.stream.finish(row.index, reason)
 
 
 class ModelRunner:
@@ -107,11 +112,11 @@ class ModelRunner:
         beams = int(config.num_beams or 1)
         # Per-step streaming only where each row of generate's input is one output sequence.
         stream = beams == 1
-        rows = [_RowState(r, j) for r in requests for j in range(n)]
+        want_scores = params.logprobs
+        rows = [_RowState(r, j, defer_finish=want_scores) for r in requests for j in range(n)]
         criteria = _StreamingCriteria(rows, self.loaded, stream)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        want_scores = params.logprobs
         out = self.loaded.model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -130,14 +135,18 @@ class ModelRunner:
             if logits is not None and tokens:
                 lp, top = _logprobs(logits, i, tokens, params.top_logprobs)
                 row.request.stream.push(row.index, [], lp, top)
-            if not row.done:
-                hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
-                reason: FinishReason = "eos" if hit_eos else "length"
-                if not stream and params.stop:
-                    text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
-                    if any(s in text for s in params.stop):
-                        reason = "stop"
-                _finish(row, reason)
+            if row.done:
+                if row.defer_finish and row.reason is not None:
+                    row.request.stream.finish(row.index, row.reason)
+                continue
+            hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
+            reason: FinishReason = "eos" if hit_eos else "length"
+            if not stream and params.stop:
+                text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+                if any(s in text for s in params.stop):
+                    reason = "stop"
+            row.defer_finish = False
+            _finish(row, reason)
 
 
 def _trim(tokens: list[int], eos: tuple[int, ...], pad: int) -> list[int]:

@@ -12,9 +12,7 @@ exactly go to the exact `generate` lane (fallback.py).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +30,7 @@ from server.engine.fallback import (
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.runner import ModelRunner
 from server.engine.sampling import RowSampler, choose
+from server.engine.worker import QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +53,13 @@ class SchedulerStats:
     peak_tokens: int = 0  # largest padded cache, rows x width, seen in a decode step
 
 
-class Scheduler:
+class Scheduler(QueueWorker):
     def __init__(self, runner: ModelRunner, max_batch_size: int = 32, window_s: float = 0.005,
                  max_queued: int = 256, max_batch_tokens: int = 16384,
                  on_path: Callable[[str], None] | None = None, batching: bool | None = None,
                  max_prefill_tokens: int = 4096,
                  on_step: Callable[[str, int, float], None] | None = None) -> None:
+        super().__init__("scheduler")
         self.runner = runner
         self.model = runner.loaded.model
         self.max_batch_size = max_batch_size
@@ -78,18 +78,14 @@ class Scheduler:
                 log.info("continuous batching off, every request uses exact generate: %s", why)
         self.batching = batching
         self.exact = ExactLane(runner, max_batch_size, window_s, max_prefill_tokens)
-        self._waiting: deque[GenerationRequest] = deque()
-        self._cond = threading.Condition()
-        self._stopping = False
         self._batch: Batch | None = None
         self.stats = SchedulerStats()
-        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         out = self.model.get_output_embeddings()
         self._logits_device = out.weight.device if out is not None else runner.loaded.device
 
     def start(self) -> None:
         self.exact.start()
-        self._thread.start()
+        super().start()
 
     @property
     def alive(self) -> bool:
@@ -97,7 +93,7 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting) + self.exact.queue_depth
+        return super().queue_depth + self.exact.queue_depth
 
     @property
     def running(self) -> int:
@@ -115,10 +111,7 @@ class Scheduler:
             self._cond.notify()
 
     def stop(self, timeout: float | None = None) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
+        super().stop(timeout)
         self.exact.stop(timeout)
 
     # the loop

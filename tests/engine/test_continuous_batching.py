@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from server.engine.request import GenerationRequest, StreamError, TokenEvent, collect
+from server.engine.request import FinishEvent, GenerationRequest, StreamError, TokenEvent, collect
 from tests.engine.conftest import generate_alone, request
 
 PROMPTS = [
@@ -170,6 +170,20 @@ def test_beam_search_takes_the_exact_generate_path(loaded, make_scheduler):
         ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, num_beams=3,
                                     do_sample=False, pad_token_id=loaded.pad_token_id)
     assert got == ref[0, ids.shape[1]:].tolist()
+
+
+def test_exact_lane_streams_logprobs_before_the_finish_event(loaded, make_scheduler):
+    """A streaming client reads up to the finish event: logprobs must not come after it."""
+    sched = make_scheduler(max_batch_size=8)
+    req = request(loaded, PROMPTS[0], max_new_tokens=6, logprobs=True, top_logprobs=2,
+                  extra=(("bad_words_ids", [[13]]),))  # an option only exact generate honours
+    sched.submit(req)
+    events = list(req.stream.events(timeout=600))
+    assert sched.paths == ["generate"]
+    assert isinstance(events[-1], FinishEvent)
+    tokens = [t for e in events if isinstance(e, TokenEvent) for t in e.token_ids]
+    lps = [x for e in events if isinstance(e, TokenEvent) and e.logprobs for x in e.logprobs]
+    assert len(tokens) == len(lps) > 0
 
 
 def test_logprobs_stop_strings_and_several_sequences(loaded, make_scheduler):
