@@ -52,6 +52,7 @@ class Settings:
     max_batch_tokens: int = 16384
     max_prefill_tokens: int = 4096
     batch_window_ms: float = 5.0
+    prefix_cache_min_tokens: int = 16
     max_queued_requests: int = 256
     request_timeout_s: float = 600.0
     torch_threads: int = 0
@@ -121,6 +122,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "MAX_BATCH_TOKENS": ("max_batch_tokens", int),
     "MAX_PREFILL_TOKENS": ("max_prefill_tokens", int),
     "BATCH_WINDOW_MS": ("batch_window_ms", float),
+    "PREFIX_CACHE_MIN_TOKENS": ("prefix_cache_min_tokens", int),
     "MAX_QUEUED_REQUESTS": ("max_queued_requests", int),
     "REQUEST_TIMEOUT_S": ("request_timeout_s", float),
     "TORCH_THREADS": ("torch_threads", int),
@@ -183,8 +185,8 @@ def _check(s: Settings) -> None:
                  "max_queued_requests"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
-    if s.max_input_tokens < 0 or s.drain_delay_s < 0:
-        raise ConfigError("MAX_INPUT_TOKENS and DRAIN_DELAY_S must not be negative")
+    if s.max_input_tokens < 0 or s.drain_delay_s < 0 or s.prefix_cache_min_tokens < 0:
+        raise ConfigError("MAX_INPUT_TOKENS, DRAIN_DELAY_S and PREFIX_CACHE_MIN_TOKENS must not be negative")
     if s.rate_limit:
         from limits import parse_many
 

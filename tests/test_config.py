@@ -41,6 +41,7 @@ def test_preset_then_environment() -> None:
         ({"MAX_MEMORY": "20GiB"}, "MAX_MEMORY"),
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
         ({"CPU_LINEAR": "mkl"}, "CPU_LINEAR"),
+        ({"PREFIX_CACHE_MIN_TOKENS": "-1"}, "PREFIX_CACHE_MIN_TOKENS"),
         ({"PRESET": "no-such-model"}, "unknown preset"),
     ],
 )

@@ -9,6 +9,12 @@ Only this module edits the KV cache. State, aligned along the batch axis:
 `prefill` builds a batch from new rows, `concatenate` merges one into another (padding the shorter
 on the left), `filter` drops finished rows and trims columns that are padding for every kept row.
 See shared notes "batching-algorithm.md" for the approach (TGI's CausalLMBatch).
+
+Shared prefixes: when every new row's prompt starts with the same `Prefix` (say a chat template's
+system prompt) whose keys/values were computed once, `prefill` copies them into the first columns
+and runs the forward on the suffixes only. A row is then `[prefix][padding][suffix]`: the padding
+sits in the middle, which the attention mask and the real-token position ids handle exactly as
+left padding; `filter` trims by the mask, not by row lengths.
 """
 
 from __future__ import annotations
@@ -109,6 +115,33 @@ def input_device(model: PreTrainedModel) -> torch.device:
 
 
 @dataclass(eq=False)
+class Prefix:
+    """Keys/values of a token prefix computed alone (positions 0..P-1), per layer `[1, heads, P, dim]`."""
+
+    ids: tuple[int, ...]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def covers(self, input_ids: list[int]) -> bool:
+        """This prefix starts the prompt and leaves at least one token to prefill."""
+        n = len(self.ids)
+        return len(input_ids) > n and tuple(input_ids[:n]) == self.ids
+
+    @classmethod
+    def compute(cls, model: PreTrainedModel, ids: list[int]) -> Prefix:
+        device = input_device(model)
+        tokens = torch.tensor([ids], dtype=torch.long, device=device)
+        positions = torch.arange(len(ids), device=device).unsqueeze(0)
+        cache = new_cache(model)
+        out = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        layers = [(layer.keys.clone(), layer.values.clone()) for layer in out.past_key_values.layers]
+        return cls(tuple(ids), layers)
+
+
+@dataclass(eq=False)
 class Row:
     """One output sequence of one request inside the batch."""
 
@@ -168,19 +201,31 @@ class Batch:
 
     # building
     @classmethod
-    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int) -> tuple[Batch, torch.Tensor]:
-        """Run the rows' prompts as one left-padded forward; return the batch and last logits `[B, V]`."""
+    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int,
+                prefix: Prefix | None = None) -> tuple[Batch, torch.Tensor]:
+        """Run the rows' prompts as one forward; return the batch and last logits `[B, V]`.
+
+        Without a prefix the prompts are left-padded; with one (it must cover every prompt), its
+        keys/values fill the first columns and only the suffixes, left-padded, are computed."""
         device = input_device(model)
-        width = max(r.length for r in rows)
+        p = len(prefix) if prefix is not None else 0
+        width = max(r.length for r in rows) - p
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - r.length:] = torch.tensor(r.request.input_ids, dtype=torch.long)
-            mask[i, width - r.length:] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            n = r.length - p
+            ids[i, width - n:] = torch.tensor(r.request.input_ids[p:], dtype=torch.long)
+            mask[i, p + width - n:] = 1
+            positions[i, width - n:] = torch.arange(p, r.length)
+        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
         cache = new_cache(model)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+        if prefix is not None:
+            for layer, (k, v) in zip(cache.layers, prefix.layers, strict=True):
+                _set_kv(layer, k.expand(len(rows), -1, -1, -1).contiguous(),
+                        v.expand(len(rows), -1, -1, -1).contiguous())
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         empty = torch.zeros((len(rows), 1), dtype=torch.long, device=device)
         return cls(rows, mask, out.past_key_values, empty), out.logits[:, -1, :]
@@ -213,9 +258,10 @@ class Batch:
             self.next_ids = self.next_ids[:0]
             self.cache = DynamicCache()
             return
-        width = max(r.length for r in self.rows)
         index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-        self.mask = self.mask.index_select(0, index)[:, -width:]
+        mask = self.mask.index_select(0, index)
+        width = mask.shape[1] - int(mask.any(0).int().argmax())  # from the first column any row uses
+        self.mask = mask[:, -width:]
         self.next_ids = self.next_ids.index_select(0, index)
         for layer in self.cache.layers:
             if layer.is_initialized and layer.keys is not None and layer.keys.numel():

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from server.engine.batch import Batch, Row, supports_batching
+from server.engine.batch import Batch, Prefix, Row, supports_batching
 from server.engine.detokenize import IncrementalDetokenizer
 from server.engine.fallback import (
     ExactLane,
@@ -51,6 +52,7 @@ class SchedulerStats:
     prefills: int = 0  # admitted groups
     peak_rows: int = 0  # most rows decoded in one step
     peak_tokens: int = 0  # largest padded cache, rows x width, seen in a decode step
+    prefix_rows: int = 0  # rows prefilled on top of a shared prefix
 
 
 class Scheduler(QueueWorker):
@@ -58,7 +60,8 @@ class Scheduler(QueueWorker):
                  max_queued: int = 256, max_batch_tokens: int = 16384,
                  on_path: Callable[[str], None] | None = None, batching: bool | None = None,
                  max_prefill_tokens: int = 4096,
-                 on_step: Callable[[str, int, float], None] | None = None) -> None:
+                 on_step: Callable[[str, int, float], None] | None = None,
+                 prefix_min_tokens: int = 16, prefix_slots: int = 4) -> None:
         super().__init__("scheduler")
         self.runner = runner
         self.model = runner.loaded.model
@@ -78,6 +81,13 @@ class Scheduler(QueueWorker):
                 log.info("continuous batching off, every request uses exact generate: %s", why)
         self.batching = batching
         self.exact = ExactLane(runner, max_batch_size, window_s, max_prefill_tokens)
+        # Shared prompt prefixes (a chat template's system prompt, few-shot examples): their
+        # keys/values are computed once and copied into each new row instead of recomputed.
+        # 0 turns this off. A few are kept, least recently used first out.
+        self.prefix_min_tokens = prefix_min_tokens
+        self.prefix_slots = prefix_slots
+        self._prefixes: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
+        self._last_prompt: list[int] | None = None
         self._batch: Batch | None = None
         self.stats = SchedulerStats()
         out = self.model.get_output_embeddings()
@@ -213,7 +223,10 @@ class Scheduler(QueueWorker):
         try:
             started = time.perf_counter()
             with self.runner.loaded.exclusive():
-                fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id)
+                prefix = self._shared_prefix(group)
+                fresh, logits = Batch.prefill(self.model, rows, self.runner.loaded.pad_token_id, prefix)
+            if prefix is not None:
+                self.stats.prefix_rows += len(rows)
             self._advance(fresh, logits)
             self._stepped("prefill", len(rows), started)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
@@ -231,6 +244,30 @@ class Scheduler(QueueWorker):
                 self._batch = None
         else:
             self._batch = fresh
+
+    def _shared_prefix(self, group: list[GenerationRequest]) -> Prefix | None:
+        """A cached prefix that starts every prompt of the group, or a new one when the group's
+        prompts (or a lone prompt and the one before it) share at least `prefix_min_tokens`."""
+        if not self.prefix_min_tokens:
+            return None
+        prompts = [r.input_ids for r in group]
+        previous, self._last_prompt = self._last_prompt, prompts[-1]
+        best = max((p for p in self._prefixes.values() if all(p.covers(ids) for ids in prompts)),
+                   key=len, default=None)
+        if best is not None:
+            self._prefixes.move_to_end(best.ids)
+            return best
+        others = prompts if len(prompts) > 1 else prompts + ([previous] if previous else [])
+        if len(others) < 2:
+            return None
+        n = min(_common_prefix_len(others), min(len(ids) for ids in prompts) - 1)
+        if n < self.prefix_min_tokens:
+            return None
+        prefix = Prefix.compute(self.model, prompts[0][:n])
+        self._prefixes[prefix.ids] = prefix
+        while len(self._prefixes) > self.prefix_slots:
+            self._prefixes.popitem(last=False)
+        return prefix
 
     def _row(self, req: GenerationRequest, index: int) -> Row:
         detok = None
@@ -287,6 +324,16 @@ def _finish(row: Row, reason: FinishReason) -> None:
     if row.finish is None:
         row.finish = reason
         row.request.stream.finish(row.index, reason)
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for k in range(n):
+        t = first[k]
+        if any(s[k] != t for s in seqs):
+            return k
+    return n
 
 
 def _requests(rows: list[Row]) -> list[GenerationRequest]:

@@ -69,6 +69,7 @@ class Engine:
                 max_prefill_tokens=s.max_prefill_tokens,
                 on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc(),
                 on_step=metrics.record_step,
+                prefix_min_tokens=s.prefix_cache_min_tokens,
             )
             self.scheduler.start()
             self.loaded = loaded

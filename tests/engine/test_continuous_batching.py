@@ -70,6 +70,34 @@ def test_greedy_matches_generate_alone_under_staggered_mixed_load(loaded, make_s
     assert not mismatches
 
 
+def test_shared_prefix_rows_match_generate_alone(loaded, make_scheduler):
+    """Chat prompts share the template's system prompt: its keys/values are computed once and
+    copied into new rows ([prefix][padding][suffix]); outputs stay token-identical, also when such
+    rows share the batch with left-padded rows that have no prefix and rows leave at different steps."""
+    sched = make_scheduler(max_batch_size=8)
+    reqs = []
+    for i in range(20):
+        prompt = _chat(loaded, PROMPTS[i % len(PROMPTS)] + " Tell me more." * (i % 4))
+        if i % 5 == 4:
+            prompt = PROMPTS[i % len(PROMPTS)]  # no shared prefix
+        reqs.append(request(loaded, prompt, max_new_tokens=2 + (i * 7) % 13,
+                            min_new_tokens=1 + i % 3))
+    _submit_staggered(sched, reqs, seed=3)
+    results = [collect(r, timeout=600)[0] for r in reqs]
+    assert sched.stats.prefix_rows >= 8, "the shared prefix was never reused"
+    assert sched.stats.prefills >= 3
+    for r, res in zip(reqs, results, strict=True):
+        assert res.token_ids == generate_alone(loaded, r), r.id
+
+    plain = make_scheduler(max_batch_size=8, prefix_min_tokens=0)
+    again = [request(loaded, _chat(loaded, p), max_new_tokens=4) for p in PROMPTS[:4]]
+    for r in again:
+        plain.submit(r)
+    for r in again:
+        collect(r, timeout=600)
+    assert plain.stats.prefix_rows == 0
+
+
 def test_penalties_and_min_tokens_match_generate(loaded, make_scheduler):
     sched = make_scheduler(max_batch_size=8)
     kinds = [dict(repetition_penalty=1.3), dict(no_repeat_ngram_size=2), dict(min_new_tokens=12),
