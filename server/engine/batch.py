@@ -66,11 +66,13 @@ class GrowingLayer(DynamicLayer):
         self._v: torch.Tensor | None = None
         self._len = 0
 
-    def adopt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Take these tensors as the layer's whole content (after batch surgery)."""
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, room: int = 0) -> None:
+        """Take these tensors as the layer's whole content (after batch surgery), with spare
+        capacity for at least `room` more columns."""
         b, h, t, d = keys.shape
-        self._k = keys.new_empty((b, h, t + self.HEADROOM, d))
-        self._v = values.new_empty((b, h, t + self.HEADROOM, values.shape[-1]))
+        spare = max(self.HEADROOM, room)
+        self._k = keys.new_empty((b, h, t + spare, d))
+        self._v = values.new_empty((b, h, t + spare, values.shape[-1]))
         self._k[:, :, :t] = keys
         self._v[:, :, :t] = values
         self._len = t
@@ -83,8 +85,8 @@ class GrowingLayer(DynamicLayer):
             self.adopt(key_states, value_states)
             return self.keys, self.values
         t, n = self._len, key_states.shape[-2]
-        if t + n > self._k.shape[-2]:
-            self.adopt(self._k[:, :, :t], self._v[:, :, :t])
+        if t + n > self._k.shape[-2]:  # out of room: a prefill on top of a prefix, or every HEADROOM steps
+            self.adopt(self._k[:, :, :t], self._v[:, :, :t], room=n)
         self._k[:, :, t:t + n] = key_states
         self._v[:, :, t:t + n] = value_states
         self._len = t + n
