@@ -104,9 +104,9 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
     return cache
 
 
-def _set_kv(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+def _set_kv(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor, room: int = 0) -> None:
     if isinstance(layer, GrowingLayer):
-        layer.adopt(keys, values)
+        layer.adopt(keys, values, room)
     else:
         layer.keys, layer.values = keys, values
 
@@ -226,7 +226,7 @@ class Batch:
         if prefix is not None:
             for layer, (k, v) in zip(cache.layers, prefix.layers, strict=True):
                 _set_kv(layer, k.expand(len(rows), -1, -1, -1).contiguous(),
-                        v.expand(len(rows), -1, -1, -1).contiguous())
+                        v.expand(len(rows), -1, -1, -1).contiguous(), room=width)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         empty = torch.zeros((len(rows), 1), dtype=torch.long, device=device)
