@@ -29,10 +29,9 @@ from pathlib import Path
 import requests
 
 from bench.workload import generate_kwargs, messages
-from tools.local_server import ROOT, start_server
+from tools.local_server import MODEL_DIR, ROOT, start_server
 
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_MODEL = ROOT / "models" / "smollm2-135m-instruct"
 
 
 def chat(url: str, i: int, new_tokens: int) -> None:
@@ -180,8 +179,8 @@ def measure_level(url: str, worker: BareWorker, clients: int, rounds: int, new_t
     for _ in range(repeats):
         bare_runs.append(worker.tokens_per_s(batches))
         server_runs.append(throughput(url, clients, rounds, new_tokens))
-    best = sorted(server_runs, key=lambda r: r["tokens_per_s"])[len(server_runs) // 2]  # the median run
-    server = {**best, "runs_tokens_per_s": [r["tokens_per_s"] for r in server_runs],
+    median_run = sorted(server_runs, key=lambda r: r["tokens_per_s"])[len(server_runs) // 2]
+    server = {**median_run, "runs_tokens_per_s": [r["tokens_per_s"] for r in server_runs],
               "pair_ratios": [r["tokens_per_s"] / b for r, b in zip(server_runs, bare_runs, strict=True)]}
     bare = {name: {"requests": len(batches) * len(batches[0]), "tokens_per_s": statistics.median(bare_runs),
                    "runs_tokens_per_s": bare_runs}}
@@ -245,7 +244,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--model", default=str(MODEL_DIR))
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at c > 1")

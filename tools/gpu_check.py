@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from server.engine.request import GenerationParams, GenerationRequest, collect
 from server.engine.runner import ModelRunner
 from server.engine.scheduler import Scheduler
 from server.model import loader
+from tools.local_server import start_server
 
-ROOT = Path(__file__).resolve().parent.parent
 results: list[tuple[str, bool, str]] = []
 
 
@@ -95,28 +94,14 @@ def engine_checks(loaded: loader.LoadedModel, label: str, exact: bool) -> None:
 
 
 def server_checks(model: str, env_extra: dict[str, str], label: str) -> None:
-    port = 5077
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_PATH": model, **env_extra}
-    log_path = Path(f"/tmp/gpu-server-{label.replace(' ', '-')}.log")
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        healthy = False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    healthy = True
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        check(f"{label}: server healthy", healthy)
-        if not healthy:
-            print(log_path.read_text()[-3000:])
-            return
+        srv = start_server(Path(tempfile.gettempdir()), {"MODEL_PATH": model, **env_extra})
+    except RuntimeError as exc:  # exited early or never healthy; the message ends with its log
+        check(f"{label}: server healthy", False, str(exc)[-3000:])
+        return
+    check(f"{label}: server healthy", True)
+    url = srv.url
+    try:
         body = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
                 "generate_kwargs": {"max_new_tokens": 20, "do_sample": False}}
         r = requests.post(url + "/chat", json=body, timeout=120)
@@ -131,11 +116,7 @@ def server_checks(model: str, env_extra: dict[str, str], label: str) -> None:
         m = requests.get(url + "/metrics", timeout=30).json()
         check(f"{label}: /metrics gpu_info", bool(m.get("gpu_info")), json.dumps(m)[:160])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        srv.stop()
 
 
 def main() -> None:

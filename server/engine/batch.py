@@ -196,11 +196,6 @@ class Batch:
     def width(self) -> int:
         return int(self.mask.shape[1])
 
-    @staticmethod
-    def tokens_bound(rows: list[Row]) -> int:
-        """Padded cache size `B x T_max` this set of rows can reach (the token budget's measure)."""
-        return len(rows) * max((r.bound for r in rows), default=0)
-
     # building
     @classmethod
     def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int,

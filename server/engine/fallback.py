@@ -87,7 +87,7 @@ class ExactLane(QueueWorker):
                 return []
         time.sleep(self.window_s)  # let simultaneous arrivals join
         with self._cond:
-            live = [r for r in self._waiting if not drop_cancelled(r) and not _expired(r)]
+            live = [r for r in self._waiting if not drop_cancelled(r) and not drop_expired(r)]
             self._waiting.clear()
             if not live:
                 return []
@@ -159,7 +159,7 @@ def _rows(r: GenerationRequest) -> int:
     return max(int(r.params.extra_dict.get("num_beams") or 1), r.params.num_return_sequences)
 
 
-def _expired(r: GenerationRequest) -> bool:
+def drop_expired(r: GenerationRequest) -> bool:
     """End a request whose deadline passed while it queued, without running it."""
     if r.deadline is not None and time.monotonic() > r.deadline:
         for i in range(r.params.num_return_sequences):

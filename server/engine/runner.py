@@ -135,18 +135,16 @@ class ModelRunner:
             if logits is not None and tokens:
                 lp, top = _logprobs(logits, i, tokens, params.top_logprobs)
                 row.request.stream.push(row.index, [], lp, top)
-            if row.done:
-                if row.defer_finish and row.reason is not None:
-                    row.request.stream.finish(row.index, row.reason)
-                continue
-            hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
-            reason: FinishReason = "eos" if hit_eos else "length"
-            if not stream and params.stop:
-                text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
-                if any(s in text for s in params.stop):
-                    reason = "stop"
-            row.defer_finish = False
-            _finish(row, reason)
+            if not row.done:
+                hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
+                reason: FinishReason = "eos" if hit_eos else "length"
+                if not stream and params.stop:
+                    text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+                    if any(s in text for s in params.stop):
+                        reason = "stop"
+                _finish(row, reason)
+            if row.defer_finish:  # the logprobs are out: now the finish event
+                row.request.stream.finish(row.index, row.reason)
 
 
 def _trim(tokens: list[int], eos: tuple[int, ...], pad: int) -> list[int]:

@@ -25,6 +25,7 @@ from server.engine.fallback import (
     ExactLane,
     InvalidDistribution,
     drop_cancelled,
+    drop_expired,
     fail_requests,
     needs_exact_generate,
 )
@@ -188,14 +189,8 @@ class Scheduler(QueueWorker):
         with self._cond:
             while self._waiting:
                 req = self._waiting[0]
-                if req.stream.cancelled:
+                if drop_cancelled(req) or drop_expired(req):  # no prefill for nothing
                     self._waiting.popleft()
-                    drop_cancelled(req)
-                    continue
-                if req.deadline is not None and time.monotonic() > req.deadline:
-                    self._waiting.popleft()  # expired while queued: no prefill for nothing
-                    for i in range(req.params.num_return_sequences):
-                        req.stream.finish(i, "timeout")
                     continue
                 if not self.batching or needs_exact_generate(req.params):
                     self._waiting.popleft()
