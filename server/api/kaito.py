@@ -8,69 +8,26 @@ Kaito's defaults where the client gives none.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from flask import Response, jsonify, request
 
 from server.api import engine_calls
-from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer
-from server.api.streaming import SSE_HEADERS, sse
+from server.api.dialect import Dialect, current_engine, tokenizing
+from server.api.errors import ApiError
+from server.api.kaito_protocol import KAITO_DEFAULTS, ChatRequest
+from server.api.streaming import sse, sse_response
 from server.engine.service import Engine
 from server.observability import metrics
 
-bp = Blueprint("kaito", __name__)
 
-# Kaito's GenerateKwargs defaults; they override the model's generation_config.json.
-KAITO_DEFAULTS: dict[str, Any] = {
-    "max_length": 200,
-    "min_length": 0,
-    "do_sample": True,
-    "early_stopping": False,
-    "num_beams": 1,
-    "temperature": 1.0,
-    "top_k": 10,
-    "top_p": 1.0,
-    "typical_p": 1.0,
-    "repetition_penalty": 1.0,
-}
+def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
+    return exc.status, {"detail": exc.message}
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
-
-
-class ChatRequest(BaseModel):
-    """Kaito's UnifiedRequestModel, plus `stream`. Unknown top-level fields are ignored, as there."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str | None = None
-    messages: list[Message] | None = Field(None, min_length=1)
-    return_full_text: StrictBool = True
-    clean_up_tokenization_spaces: StrictBool = False
-    prefix: str | None = None
-    handle_long_generation: Literal["hole"] | None = None
-    generate_kwargs: dict[str, Any] = Field(default_factory=dict)
-    stream: StrictBool = False
-
-
-def _engine() -> Engine:
-    return current_app.extensions["inferbox.engine"]
-
-
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    resp = jsonify({"detail": exc.message})
-    resp.status_code = exc.status
-    resp.headers.update(exc.headers)
-    return resp
-
-
-register_renderer(bp.name, _api_error)
+# `generate_kwargs` is this dialect's own name for the engine's options: no renames
+dialect = Dialect("kaito", _error, defaults=KAITO_DEFAULTS, renames={})
+bp = dialect.bp
 
 
 @bp.get("/")
@@ -80,7 +37,7 @@ def index() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
-    engine = _engine()
+    engine = current_engine()
     if engine.healthy and not engine.draining:
         return jsonify({"status": "Healthy"})
     if engine.load_error:
@@ -106,11 +63,8 @@ def metrics_endpoint() -> Response:
 
 @bp.post("/chat")
 def chat() -> Response:
-    engine = _engine()
-    try:
-        body = ChatRequest.model_validate(read_json_object(request))
-    except ValidationError as exc:
-        raise ApiError(422, pydantic_message(exc)) from None
+    engine = current_engine()
+    body = dialect.read(ChatRequest)
     if body.prompt is None and body.messages is None:
         raise ApiError(400, "request needs either `prompt` (text generation) or `messages` (chat)")
     if body.prompt is not None and body.messages is not None:
@@ -118,17 +72,11 @@ def chat() -> Response:
     engine_calls.require_ready(engine)
 
     chat_mode = body.messages is not None
-    try:
+    with tokenizing():
         if chat_mode:
             input_ids = engine.encode_chat([m.model_dump() for m in body.messages or []])
         else:
             input_ids = engine.encode((body.prefix or "") + (body.prompt or ""))
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    except Exception as exc:  # template errors (jinja) are the client's messages' fault
-        if type(exc).__name__ in ("TemplateError", "TemplateSyntaxError", "UndefinedError"):
-            raise ApiError(400, f"chat template failed on these messages: {exc}") from None
-        raise
     if not input_ids:
         raise ApiError(400, "the prompt is empty after tokenization")
 
@@ -138,7 +86,7 @@ def chat() -> Response:
         keep = (limits.context_length if limits else len(input_ids)) - kwargs["max_new_tokens"]
         if keep > 0:
             input_ids = input_ids[-keep:]
-    params = engine_calls.make_params(engine, kwargs, len(input_ids), KAITO_DEFAULTS)
+    params = dialect.params(engine, kwargs, len(input_ids))
     req = engine_calls.new_request(engine, input_ids, params)
     prefix_text = "" if chat_mode or not body.return_full_text else (body.prompt or "")
     cleanup = body.clean_up_tokenization_spaces
@@ -173,7 +121,7 @@ def _stream(engine: Engine, req: Any, prefix_text: str, cleanup: bool) -> Respon
         metrics.record_tokens(req.prompt_tokens, sum(counts.values()))
         yield sse("[DONE]")
 
-    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(body())
 
 
 def _render(d: engine_calls.TextDelta, counts: dict[int, int], started: set[int],

@@ -12,85 +12,37 @@ reads): one `{"outputs": ["<new text>"]}` object per chunk. Errors: `{"error": "
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from flask import Response, jsonify
 
 from server.api import engine_calls
-from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer
-from server.api.streaming import ndjson
+from server.api.dialect import Dialect, bad_request, current_engine
+from server.api.errors import ApiError
+from server.api.mosaic_protocol import MOSAIC_DEFAULTS, PredictRequest, PredictStreamRequest
+from server.api.streaming import ndjson, ndjson_response
 from server.engine.service import Engine
 from server.observability import metrics
 
-bp = Blueprint("mosaic", __name__)
 
-MOSAIC_DEFAULTS: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "top_k": 50,
-                                   "max_new_tokens": 256}
-MAX_INPUTS = 64
+def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
+    return exc.status, {"error": exc.message, "code": exc.status}
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    inputs: list[Annotated[str, Field(min_length=1)]] = Field(..., min_length=1, max_length=MAX_INPUTS)
-    parameters: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Any `generate` option; defaults temperature 0.8 (0 = greedy), top_p 0.95, top_k 50, "
-                    "max_new_tokens 256. `stop` (str or list) cuts the output at a stop string.")
-
-
-class PredictStreamRequest(PredictRequest):
-    inputs: list[Annotated[str, Field(min_length=1)]] = Field(..., min_length=1, max_length=1)
-
-
-class PredictResponse(BaseModel):
-    outputs: list[str]
-
-
-class PredictStreamChunk(BaseModel):
-    """One line of /predict_stream (newline-delimited JSON)."""
-
-    outputs: list[str]
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    code: int
-
-
-def _engine() -> Engine:
-    return current_app.extensions["inferbox.engine"]
-
-
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    resp = jsonify({"error": exc.message, "code": exc.status})
-    resp.status_code = exc.status
-    resp.headers.update(exc.headers)
-    return resp
-
-
-register_renderer(bp.name, _api_error)
+dialect = Dialect("mosaic", _error, invalid=bad_request, defaults=MOSAIC_DEFAULTS)
+bp = dialect.bp
 
 
 def _prepare(model: type[PredictRequest]) -> tuple[Engine, list[Any], PredictRequest]:
-    engine = _engine()
-    try:
-        body = model.model_validate(read_json_object(request))
-    except ValidationError as exc:
-        raise ApiError(400, pydantic_message(exc)) from None
+    engine = current_engine()
+    body = dialect.read(model)
     engine_calls.require_ready(engine)
     reqs = []
     for k, text in enumerate(body.inputs):
         ids = engine.encode(text)
         if not ids:
             raise ApiError(400, f"inputs.{k}: empty after tokenization")
-        try:
-            params = engine_calls.make_params(engine, body.parameters, len(ids), MOSAIC_DEFAULTS)
-        except ApiError as exc:
-            raise ApiError(exc.status, exc.message.replace("generate_kwargs", "parameters"), exc.kind,
-                           exc.param, exc.headers) from None
+        params = dialect.params(engine, body.parameters, len(ids))
         reqs.append(engine_calls.new_request(engine, ids, params))
     return engine, reqs, body
 
@@ -122,9 +74,8 @@ def predict_stream() -> Response:
                     yield ndjson({"outputs": [d.text]})
             metrics.record_tokens(req.prompt_tokens, tokens)
         except ApiError as exc:
-            yield ndjson({"error": exc.message, "code": exc.status})
+            yield ndjson(_error(exc)[1])
         finally:
             deltas.close()
 
-    return Response(stream_with_context(lines()), mimetype="application/x-ndjson",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return ndjson_response(lines())

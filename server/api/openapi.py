@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.api import kaito, mosaic, openai_protocol, tgi_protocol
+from server.api import kaito_protocol, mosaic_protocol, openai_protocol, tgi_protocol
 from server.engine import params as engine_params
 
 bp = Blueprint("openapi", __name__)
@@ -57,15 +57,15 @@ def _sse(description: str, event: dict[str, Any]) -> dict[str, Any]:
 @cache
 def document() -> dict[str, Any]:
     requests: list[type[BaseModel]] = [
-        kaito.ChatRequest, openai_protocol.ChatCompletionRequest, openai_protocol.CompletionRequest,
-        tgi_protocol.GenerateRequest, tgi_protocol.CompatRequest, mosaic.PredictRequest,
-        mosaic.PredictStreamRequest,
+        kaito_protocol.ChatRequest, openai_protocol.ChatCompletionRequest, openai_protocol.CompletionRequest,
+        tgi_protocol.GenerateRequest, tgi_protocol.CompatRequest, mosaic_protocol.PredictRequest,
+        mosaic_protocol.PredictStreamRequest,
     ]
     responses: list[type[BaseModel]] = [
         openai_protocol.ChatCompletion, openai_protocol.Completion, openai_protocol.ModelList,
         openai_protocol.Model, openai_protocol.ErrorResponse, tgi_protocol.GenerateResponse,
         tgi_protocol.StreamResponse, tgi_protocol.Info, tgi_protocol.ErrorResponse,
-        mosaic.PredictResponse, mosaic.PredictStreamChunk, mosaic.ErrorResponse,
+        mosaic_protocol.PredictResponse, mosaic_protocol.PredictStreamChunk, mosaic_protocol.ErrorResponse,
     ]
     keys, defs = models_json_schema([(m, "validation") for m in requests]
                                     + [(m, "serialization") for m in responses], ref_template=_REF)
@@ -79,13 +79,14 @@ def document() -> dict[str, Any]:
 
     # generate_kwargs / parameters: the accepted keys and their types
     gk = _generate_kwargs_schema()
-    for model, field in ((kaito.ChatRequest, "generate_kwargs"), (mosaic.PredictRequest, "parameters"),
-                         (mosaic.PredictStreamRequest, "parameters")):
+    for model, field in ((kaito_protocol.ChatRequest, "generate_kwargs"),
+                         (mosaic_protocol.PredictRequest, "parameters"),
+                         (mosaic_protocol.PredictStreamRequest, "parameters")):
         name = keys[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
         desc = schemas[name]["properties"][field].get("description")
         schemas[name]["properties"][field] = {**gk, **({"description": desc} if desc else {})}
 
-    kaito_name = keys[(kaito.ChatRequest, "validation")]["$ref"].rsplit("/", 1)[-1]
+    kaito_name = keys[(kaito_protocol.ChatRequest, "validation")]["$ref"].rsplit("/", 1)[-1]
     schemas[kaito_name]["oneOf"] = [  # exactly one of a prompt string or a messages list
         {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
         {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
@@ -95,7 +96,7 @@ def document() -> dict[str, Any]:
     kaito_err = {"$ref": _REF.format(model="KaitoError")}
     oa_err = out(openai_protocol.ErrorResponse)
     tgi_err = out(tgi_protocol.ErrorResponse)
-    mosaic_err = out(mosaic.ErrorResponse)
+    mosaic_err = out(mosaic_protocol.ErrorResponse)
 
     def errors(schema: dict[str, Any], codes: tuple[str, ...]) -> dict[str, Any]:
         return {c: _json("error", schema) for c in codes}
@@ -112,7 +113,7 @@ def document() -> dict[str, Any]:
     oa_event = _sse_event(note="a JSON chunk, then the literal [DONE]")
     tgi_event = _sse_event({"anyOf": [out(tgi_protocol.StreamResponse), tgi_err]})
     kaito_chat = post("Kaito chat / text generation (`prompt` or `messages`; `stream` for SSE)", "kaito",
-                      ref(kaito.ChatRequest),
+                      ref(kaito_protocol.ChatRequest),
                       {"description": "`{\"Result\": text}`, or SSE when stream=true", "content": {
                           "application/json": {"schema": {"type": "object",
                                                           "properties": {"Result": {"type": "string"}}}},
@@ -139,10 +140,10 @@ def document() -> dict[str, Any]:
                       "application/json": {"schema": {"type": "array",
                                                       "items": out(tgi_protocol.GenerateResponse)}},
                       "text/event-stream": {"schema": tgi_event}}}, tgi_err, tgi_codes)
-    predict = post("MosaicML predict: one output per input", "mosaicml", ref(mosaic.PredictRequest),
-                   _json("outputs", out(mosaic.PredictResponse)), mosaic_err)
+    predict = post("MosaicML predict: one output per input", "mosaicml", ref(mosaic_protocol.PredictRequest),
+                   _json("outputs", out(mosaic_protocol.PredictResponse)), mosaic_err)
     predict_stream = post("MosaicML predict, one input, newline-delimited JSON chunks", "mosaicml",
-                          ref(mosaic.PredictStreamRequest),
+                          ref(mosaic_protocol.PredictStreamRequest),
                           {"description": "one PredictStreamChunk per line",
                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, mosaic_err)
 

@@ -20,12 +20,13 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
-from pydantic import BaseModel, ValidationError
+from flask import Response, jsonify
+from pydantic import BaseModel
 
 from server.api import engine_calls
-from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer
-from server.api.streaming import SSE_HEADERS, sse
+from server.api.dialect import Dialect, current_engine
+from server.api.errors import ApiError
+from server.api.streaming import sse, sse_response
 from server.api.tgi_protocol import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_BEST_OF,
@@ -38,15 +39,9 @@ from server.engine.request import GenerationRequest, SequenceResult
 from server.engine.service import Engine
 from server.observability import metrics
 
-bp = Blueprint("tgi", __name__)
-
 VERSION = "2.4.1-inferbox"  # the TGI API version whose wire format this follows
 WATERMARK = {"greenlist_ratio": 0.5, "bias": 2.0}  # TGI's WATERMARK_GAMMA / WATERMARK_DELTA
 _FINISH = {"eos": "eos_token", "stop": "stop_sequence"}
-
-
-def _engine() -> Engine:
-    return current_app.extensions["inferbox.engine"]
 
 
 def _error_type(exc: ApiError) -> tuple[int, str]:
@@ -63,28 +58,19 @@ def _error_type(exc: ApiError) -> tuple[int, str]:
     return exc.status, "validation"
 
 
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
+def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
     status, kind = _error_type(exc)
-    resp = jsonify({"error": exc.message, "error_type": kind})
-    resp.status_code = status
-    resp.headers.update(exc.headers)
-    return resp
+    return status, {"error": exc.message, "error_type": kind}
 
 
-register_renderer(bp.name, _api_error)
-
-
-def _read(model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(read_json_object(request))
-    except ValidationError as exc:
-        raise ApiError(422, pydantic_message(exc)) from None
+# no dialect defaults beyond TGI's own: the model's generation config stays the base
+dialect = Dialect("tgi", _error, defaults={"top_k": 0, "top_p": 1.0, "typical_p": 1.0, "temperature": 1.0})
+bp = dialect.bp
 
 
 @bp.get("/info")
 def info() -> Response:
-    engine = _engine()
+    engine = current_engine()
     settings = engine.settings
     loaded, limits = engine.loaded, engine.limits
     context = limits.context_length if limits else 0
@@ -112,7 +98,7 @@ def info() -> Response:
 
 # ---------------------------------------------------------------- translation
 
-class _Plan:
+class _Translation:
     """A validated TGI request turned into engine requests plus what the answer needs."""
 
     def __init__(self, engine: Engine, body: GenerateRequest) -> None:
@@ -164,19 +150,9 @@ class _Plan:
             if self.sampling:
                 seed = p.seed if p.seed is not None else random.getrandbits(63)
                 kw["seed"] = seed
-            params = _params(engine, kw, len(ids))
+            params = dialect.params(engine, kw, len(ids))
             self.requests.append(engine_calls.new_request(engine, ids, params))
             self.seeds.append(seed)
-
-
-def _params(engine: Engine, kw: dict[str, Any], prompt_tokens: int) -> Any:
-    try:
-        # no dialect defaults beyond TGI's own: the model's generation config stays the base
-        return engine_calls.make_params(engine, kw, prompt_tokens, {"top_k": 0, "top_p": 1.0,
-                                                                    "typical_p": 1.0, "temperature": 1.0})
-    except ApiError as exc:
-        msg = exc.message.replace("generate_kwargs", "parameters")
-        raise ApiError(exc.status, msg, exc.kind, exc.param, exc.headers) from None
 
 
 def _token(engine: Engine, tid: int, text: str, logprob: float | None, special: set[int]) -> dict[str, Any]:
@@ -194,7 +170,7 @@ def _finish(reason: str | None) -> str:
     return _FINISH.get(reason or "length", "length")
 
 
-def _details(engine: Engine, plan: _Plan, req: GenerationRequest, seq: SequenceResult, seed: int | None,
+def _details(engine: Engine, tr: _Translation, req: GenerationRequest, seq: SequenceResult, seed: int | None,
              prefill: list[dict[str, Any]]) -> dict[str, Any]:
     special = set(engine.tokenizer.all_special_ids)
     engine_calls.ensure_logprobs(engine, req, seq)
@@ -202,7 +178,7 @@ def _details(engine: Engine, plan: _Plan, req: GenerationRequest, seq: SequenceR
     tokens = []
     for k, (tid, text) in enumerate(zip(seq.token_ids, texts, strict=True)):
         tok = _token(engine, tid, text, seq.logprobs[k] if k < len(seq.logprobs) else None, special)
-        if plan.p.return_k_alternatives:
+        if tr.p.return_k_alternatives:
             tok["alternative_tokens"] = [{"id": a["id"], "text": a["text"], "logprob": a["logprob"]}
                                          for a in _alternatives(engine, _top(seq, k), special)]
         tokens.append(tok)
@@ -214,8 +190,8 @@ def _details(engine: Engine, plan: _Plan, req: GenerationRequest, seq: SequenceR
         "prefill": prefill,
         "tokens": tokens,
     }
-    if plan.p.top_n_tokens:
-        out["top_tokens"] = [_alternatives(engine, _top(seq, k), special)[: plan.p.top_n_tokens]
+    if tr.p.top_n_tokens:
+        out["top_tokens"] = [_alternatives(engine, _top(seq, k), special)[: tr.p.top_n_tokens]
                              for k in range(len(seq.token_ids))]
     return out
 
@@ -224,34 +200,34 @@ def _top(seq: SequenceResult, k: int) -> list[tuple[int, float]]:
     return seq.top_logprobs[k] if k < len(seq.top_logprobs) and seq.top_logprobs[k] else []
 
 
-def _prefill(engine: Engine, plan: _Plan) -> list[dict[str, Any]]:
-    if not plan.p.decoder_input_details:
+def _prefill(engine: Engine, tr: _Translation) -> list[dict[str, Any]]:
+    if not tr.p.decoder_input_details:
         return []
-    ids = plan.input_ids
+    ids = tr.input_ids
     lps, _ = engine.score(ids, 1, 0)
     texts = [engine.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
     return [{"id": t, "text": texts[k], "logprob": None if k == 0 else lps[k - 1]} for k, t in enumerate(ids)]
 
 
-def _generate(engine: Engine, plan: _Plan) -> dict[str, Any]:
-    results = [r[0] for r in engine_calls.run_many(engine, plan.requests)]
+def _generate(engine: Engine, tr: _Translation) -> dict[str, Any]:
+    results = [r[0] for r in engine_calls.run_many(engine, tr.requests)]
     order = list(range(len(results)))
     if len(results) > 1:
-        for req, seq in zip(plan.requests, results, strict=True):
+        for req, seq in zip(tr.requests, results, strict=True):
             engine_calls.ensure_logprobs(engine, req, seq)
         order.sort(key=lambda j: -sum(results[j].logprobs))
     best = order[0]
-    prefix = plan.inputs if plan.p.return_full_text else ""
+    prefix = tr.inputs if tr.p.return_full_text else ""
     seq = results[best]
-    metrics.record_tokens(len(plan.input_ids), sum(len(r.token_ids) for r in results))
+    metrics.record_tokens(len(tr.input_ids), sum(len(r.token_ids) for r in results))
     out: dict[str, Any] = {"generated_text": prefix + engine.decode(seq.token_ids)}
-    if plan.p.details or plan.p.decoder_input_details:
-        prefill = _prefill(engine, plan)
-        details = _details(engine, plan, plan.requests[best], seq, plan.seeds[best], prefill)
+    if tr.p.details or tr.p.decoder_input_details:
+        prefill = _prefill(engine, tr)
+        details = _details(engine, tr, tr.requests[best], seq, tr.seeds[best], prefill)
         if len(results) > 1:
             details["best_of_sequences"] = []
             for j in order[1:]:
-                other = _details(engine, plan, plan.requests[j], results[j], plan.seeds[j], prefill)
+                other = _details(engine, tr, tr.requests[j], results[j], tr.seeds[j], prefill)
                 other.pop("prompt_tokens")
                 other["generated_text"] = prefix + engine.decode(results[j].token_ids)
                 details["best_of_sequences"].append(other)
@@ -259,16 +235,16 @@ def _generate(engine: Engine, plan: _Plan) -> dict[str, Any]:
     return out
 
 
-def _stream(engine: Engine, plan: _Plan) -> Response:
+def _stream(engine: Engine, tr: _Translation) -> Response:
     """SSE, one `data:` event per token; the last also carries generated_text and details."""
-    if plan.best_of > 1:
+    if tr.best_of > 1:
         raise ApiError(422, "`best_of` != 1 is not supported when streaming")
-    req, seed = plan.requests[0], plan.seeds[0]
+    req, seed = tr.requests[0], tr.seeds[0]
     deltas = engine_calls.stream_text(engine, req, strip_stop=False)
     special = set(engine.tokenizer.all_special_ids)
-    prefix = plan.inputs if plan.p.return_full_text else ""
-    want_details = bool(plan.p.details)
-    score_missing = want_details or bool(plan.top_n)
+    prefix = tr.inputs if tr.p.return_full_text else ""
+    want_details = bool(tr.p.details)
+    score_missing = want_details or bool(tr.top_n)
 
     def body() -> Iterator[str]:
         ids: list[int] = []
@@ -289,16 +265,16 @@ def _stream(engine: Engine, plan: _Plan) -> Response:
                     if len(lps) < len(ids) and score_missing:
                         # Stopgap for engines that deliver logprobs only after the last token: one
                         # forward pass per token, so only when the client asked for details.
-                        got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps), plan.top_n)
+                        got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps), tr.top_n)
                         lps.extend(got)
                         tops.extend(top or [[] for _ in got])
                     logprob = lps[len(ids) - 1] if len(lps) >= len(ids) else None
                     token = _token(engine, ids[-1], d.text, logprob, special)
                     event: dict[str, Any] = {"index": len(ids), "token": token, "top_tokens": None,
                                              "generated_text": None, "details": None}
-                    if plan.p.top_n_tokens:
+                    if tr.p.top_n_tokens:
                         step = tops[len(ids) - 1] if len(tops) >= len(ids) else []
-                        event["top_tokens"] = _alternatives(engine, step, special)[: plan.p.top_n_tokens]
+                        event["top_tokens"] = _alternatives(engine, step, special)[: tr.p.top_n_tokens]
                     pending = event
                 elif d.text and pending is not None:
                     pending["token"]["text"] += d.text
@@ -312,37 +288,36 @@ def _stream(engine: Engine, plan: _Plan) -> Response:
                     pending = None
             metrics.record_tokens(req.prompt_tokens, len(ids))
         except ApiError as exc:
-            _, kind = _error_type(exc)
-            yield sse({"error": exc.message, "error_type": kind})
+            yield sse(_error(exc)[1])
         finally:
             deltas.close()
 
-    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(body())
 
 
-def _plan(model: type[BaseModel]) -> tuple[Engine, _Plan, Any]:
-    engine = _engine()
-    body = _read(model)
+def _translate(model: type[BaseModel]) -> tuple[Engine, _Translation, Any]:
+    engine = current_engine()
+    body = dialect.read(model)
     engine_calls.require_ready(engine)
-    return engine, _Plan(engine, body), body
+    return engine, _Translation(engine, body), body
 
 
 @bp.post("/generate")
 def generate() -> Response:
-    engine, plan, _ = _plan(GenerateRequest)
-    return jsonify(_generate(engine, plan))
+    engine, tr, _ = _translate(GenerateRequest)
+    return jsonify(_generate(engine, tr))
 
 
 @bp.post("/generate_stream")
 def generate_stream() -> Response:
-    engine, plan, _ = _plan(GenerateRequest)
-    return _stream(engine, plan)
+    engine, tr, _ = _translate(GenerateRequest)
+    return _stream(engine, tr)
 
 
 @bp.post("/")
 def compat() -> Response:
     """What the `text-generation` and `lorax-client` packages call: a list of one, or a stream."""
-    engine, plan, body = _plan(CompatRequest)
+    engine, tr, body = _translate(CompatRequest)
     if body.stream:
-        return _stream(engine, plan)
-    return jsonify([_generate(engine, plan)])
+        return _stream(engine, tr)
+    return jsonify([_generate(engine, tr)])

@@ -10,7 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ValidationError
 
-from server.api import kaito, mosaic, openai_protocol, openapi, tgi_protocol
+from server.api import kaito_protocol, mosaic_protocol, openai_protocol, openapi, tgi_protocol
 from server.app import create_app
 from server.config import load_settings
 
@@ -36,10 +36,11 @@ def test_every_route_is_documented() -> None:
 
 
 def _schema_accepts(model: type[BaseModel], body: Any) -> bool:
-    path = {kaito.ChatRequest: "/chat", openai_protocol.ChatCompletionRequest: "/v1/chat/completions",
+    path = {kaito_protocol.ChatRequest: "/chat",
+            openai_protocol.ChatCompletionRequest: "/v1/chat/completions",
             openai_protocol.CompletionRequest: "/v1/completions", tgi_protocol.GenerateRequest: "/generate",
-            tgi_protocol.CompatRequest: "/", mosaic.PredictRequest: "/predict",
-            mosaic.PredictStreamRequest: "/predict_stream"}[model]
+            tgi_protocol.CompatRequest: "/", mosaic_protocol.PredictRequest: "/predict",
+            mosaic_protocol.PredictStreamRequest: "/predict_stream"}[model]
     ref = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     schema = {**ref, "components": DOC["components"]}
     return jsonschema.Draft202012Validator(schema).is_valid(body)
@@ -93,15 +94,15 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"repetition_penalty": "1.2"}}),
     (tgi_protocol.GenerateRequest, {"inputs": 3}),
     (tgi_protocol.CompatRequest, {"inputs": "x", "stream": 1}),
-    (mosaic.PredictRequest, {"inputs": ["a", "b"], "parameters": {"temperature": 0}}),
-    (mosaic.PredictRequest, {"inputs": []}),
-    (mosaic.PredictRequest, {"inputs": "a"}),
-    (mosaic.PredictRequest, {"inputs": [""]}),
-    (mosaic.PredictStreamRequest, {"inputs": ["a"]}),
-    (mosaic.PredictStreamRequest, {"inputs": ["a", "b"]}),
-    (kaito.ChatRequest, {"prompt": "x", "generate_kwargs": {"max_new_tokens": 3}}),
-    (kaito.ChatRequest, {"messages": MSG, "return_full_text": "no"}),
-    (kaito.ChatRequest, {"messages": []}),
+    (mosaic_protocol.PredictRequest, {"inputs": ["a", "b"], "parameters": {"temperature": 0}}),
+    (mosaic_protocol.PredictRequest, {"inputs": []}),
+    (mosaic_protocol.PredictRequest, {"inputs": "a"}),
+    (mosaic_protocol.PredictRequest, {"inputs": [""]}),
+    (mosaic_protocol.PredictStreamRequest, {"inputs": ["a"]}),
+    (mosaic_protocol.PredictStreamRequest, {"inputs": ["a", "b"]}),
+    (kaito_protocol.ChatRequest, {"prompt": "x", "generate_kwargs": {"max_new_tokens": 3}}),
+    (kaito_protocol.ChatRequest, {"messages": MSG, "return_full_text": "no"}),
+    (kaito_protocol.ChatRequest, {"messages": []}),
 ]
 
 
@@ -113,7 +114,7 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     ({}, False),
 ])
 def test_kaito_schema_needs_exactly_one_of_prompt_and_messages(body: dict, ok: bool) -> None:
-    assert _schema_accepts(kaito.ChatRequest, body) is ok
+    assert _schema_accepts(kaito_protocol.ChatRequest, body) is ok
 
 
 @pytest.mark.parametrize("model,body", CASES)
@@ -128,8 +129,8 @@ def test_request_schema_matches_model(model: type[BaseModel], body: Any) -> None
     ({"top_p": 1.5}, False),
 ])
 def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> None:
-    assert _schema_accepts(kaito.ChatRequest, {"prompt": "x", "generate_kwargs": kwargs}) is ok
-    assert _schema_accepts(mosaic.PredictRequest, {"inputs": ["x"], "parameters": kwargs}) is ok
+    assert _schema_accepts(kaito_protocol.ChatRequest, {"prompt": "x", "generate_kwargs": kwargs}) is ok
+    assert _schema_accepts(mosaic_protocol.PredictRequest, {"inputs": ["x"], "parameters": kwargs}) is ok
 
 
 @pytest.mark.parametrize("model,body", [

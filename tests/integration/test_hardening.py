@@ -149,6 +149,10 @@ def test_96_concurrent_long_requests_against_a_queue_of_8(hard: ServerProcess) -
 
 
 def test_prometheus_series(hard: ServerProcess) -> None:
+    # this test's own traffic: a refused and a served /chat (whatever other tests did or did not run)
+    body = {"prompt": "Hello", "generate_kwargs": {"max_new_tokens": 2}}
+    assert requests.post(hard.url + "/chat", json=body, timeout=30).status_code == 401
+    assert requests.post(hard.url + "/chat", json=body, headers=AUTH, timeout=120).status_code == 200
     text = requests.get(hard.url + "/metrics", headers={"Accept": "text/plain"}, timeout=10).text
     for series in ('inferbox_requests_total{endpoint="/chat",status="401"}',
                    'inferbox_requests_total{endpoint="/chat",status="200"}',
