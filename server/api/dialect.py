@@ -63,7 +63,7 @@ class Dialect:
     bp: Blueprint = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bp = Blueprint(self.name, f"server.api.{self.name}", url_prefix=self.url_prefix)
+        self.bp = Blueprint(self.name, __name__, url_prefix=self.url_prefix)  # root path: server/api
         self.bp.register_error_handler(ApiError, self.render)
         # checks made outside the blueprint (keys, rate limits, overload) answer in this shape too
         register_renderer(self.name, self.render)
