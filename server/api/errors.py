@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Request
@@ -39,13 +40,15 @@ def read_json_object(request: Request) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "request body is empty; send a JSON object")
     try:
-        import json
-
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
+    try:  # JSON admits lone surrogates (\ud800) that no tokenizer, encoder or client can take
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"request body holds a string that is not valid Unicode: {exc.reason}") from None
     return body
 
 

@@ -102,6 +102,11 @@ def test_invalid_bodies_get_the_dialects_status(client, path: str, status: int) 
     assert "text:" in r.get_json()["oops"] and "extra:" in r.get_json()["oops"]  # every error listed
     r = client.post(path, data="[1]", headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400 and "JSON object" in r.get_json()["oops"]
+    json_headers = {**AUTH, "Content-Type": "application/json"}
+    r = client.post(path, data='{"text": "a\\ud800b"}', headers=json_headers)  # a lone surrogate
+    assert r.status_code == 400 and "not valid Unicode" in r.get_json()["oops"]
+    r = client.post(path, data='{"text": "\\ud83d\\ude00"}', headers=json_headers)  # a pair: one character
+    assert r.status_code == 200
 
 
 def test_engine_option_names_are_renamed_for_its_clients(client) -> None:
