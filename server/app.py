@@ -33,10 +33,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.extensions["inferbox.engine"] = engine
     app.extensions["inferbox.settings"] = settings
 
-    from server.api import kaito, mosaic, openai, openapi, tgi
+    from server import ui
+    from server.api import kaito, mosaic, openai, openapi, responses, tgi, tokenize
 
     app.register_blueprint(kaito.bp)
-    for dialect in (openai, tgi, mosaic, openapi):
+    for dialect in (openai, responses, tokenize, tgi, mosaic, openapi, ui):
         app.register_blueprint(dialect.bp)
     access_log.install(app)
     _install_error_handlers(app)

@@ -65,6 +65,10 @@ class Guard:
         open_paths = set(settings.open_paths)
         if settings.metrics_require_key:
             open_paths.discard("/metrics")
+        if "/" in open_paths:  # the chat page's own script and style open with it (static, no data)
+            from server.ui import ASSETS
+
+            open_paths.update(ASSETS)
         self.open_paths = frozenset(open_paths)
         self.keys = settings.api_keys
         if not self.keys:

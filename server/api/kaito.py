@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
+from server import ui
 from server.api import engine_calls
 from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
@@ -32,7 +33,10 @@ bp = dialect.bp
 
 @bp.get("/")
 def index() -> Response:
-    return jsonify({"message": "Server is running"})
+    """Kaito's liveness answer; a browser (Accept prefers text/html) gets the chat page instead."""
+    resp = ui.page() if ui.wants_page(request) else jsonify({"message": "Server is running"})
+    resp.headers["Vary"] = "Accept"
+    return resp
 
 
 @bp.get("/health")
