@@ -14,7 +14,14 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.api import kaito_protocol, mosaic_protocol, openai_protocol, tgi_protocol
+from server.api import (
+    kaito_protocol,
+    mosaic_protocol,
+    openai_protocol,
+    responses_protocol,
+    tgi_protocol,
+    tokenize,
+)
 from server.engine import params as engine_params
 
 bp = Blueprint("openapi", __name__)
@@ -54,18 +61,43 @@ def _sse(description: str, event: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"text/event-stream": {"schema": event}}}
 
 
+def _exactly_one_of_prompt_and_messages(schemas: dict[str, Any], ref: dict[str, Any]) -> None:
+    schemas[ref["$ref"].rsplit("/", 1)[-1]]["oneOf"] = [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ]
+
+
+def _text_only_responses_input(schemas: dict[str, Any], ref: dict[str, Any]) -> None:
+    """Advertise only what /v1/responses serves: message items with text parts (the models also let
+    other items and parts through, so the handler can name them in a 400)."""
+    body = schemas[ref["$ref"].rsplit("/", 1)[-1]]
+    message, part = _REF.format(model="InputMessage"), _REF.format(model="InputTextPart")
+    for branch in body["properties"]["input"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["items"] = {"$ref": message}
+    for branch in schemas["InputMessage"]["properties"]["content"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["items"] = {"$ref": part}
+    schemas.pop("UnsupportedItem", None)
+    schemas.pop("UnsupportedPart", None)
+
+
 @cache
 def document() -> dict[str, Any]:
     requests: list[type[BaseModel]] = [
         kaito_protocol.ChatRequest, openai_protocol.ChatCompletionRequest, openai_protocol.CompletionRequest,
         tgi_protocol.GenerateRequest, tgi_protocol.CompatRequest, mosaic_protocol.PredictRequest,
-        mosaic_protocol.PredictStreamRequest,
+        mosaic_protocol.PredictStreamRequest, responses_protocol.ResponsesRequest, tokenize.TokenizeRequest,
+        tokenize.DetokenizeRequest,
     ]
     responses: list[type[BaseModel]] = [
         openai_protocol.ChatCompletion, openai_protocol.Completion, openai_protocol.ModelList,
         openai_protocol.Model, openai_protocol.ErrorResponse, tgi_protocol.GenerateResponse,
         tgi_protocol.StreamResponse, tgi_protocol.Info, tgi_protocol.ErrorResponse,
         mosaic_protocol.PredictResponse, mosaic_protocol.PredictStreamChunk, mosaic_protocol.ErrorResponse,
+        responses_protocol.ResponseObject, responses_protocol.StreamEvent, tokenize.TokenizeResponse,
+        tokenize.DetokenizeResponse,
     ]
     keys, defs = models_json_schema([(m, "validation") for m in requests]
                                     + [(m, "serialization") for m in responses], ref_template=_REF)
@@ -91,6 +123,8 @@ def document() -> dict[str, Any]:
         {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
         {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
     ]
+    _exactly_one_of_prompt_and_messages(schemas, keys[(tokenize.TokenizeRequest, "validation")])
+    _text_only_responses_input(schemas, keys[(responses_protocol.ResponsesRequest, "validation")])
     detail = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
     schemas["KaitoError"] = detail
     kaito_err = {"$ref": _REF.format(model="KaitoError")}
@@ -147,8 +181,32 @@ def document() -> dict[str, Any]:
                           {"description": "one PredictStreamChunk per line",
                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, mosaic_err)
 
+    rp = responses_protocol
+    responses_api = post("OpenAI Responses API (`event:` + `data:` SSE when stream=true)", "openai",
+                         ref(rp.ResponsesRequest),
+                         {"description": "a response object, or its streamed events", "content": {
+                             "application/json": {"schema": out(rp.ResponseObject)},
+                             "text/event-stream": {"schema": _sse_event(out(rp.StreamEvent))}}},
+                         oa_err)
+    tokenize_op = post("vLLM tokenize: `prompt`, or chat `messages` with the template applied", "tokenizer",
+                       ref(tokenize.TokenizeRequest), _json("token ids", out(tokenize.TokenizeResponse)),
+                       oa_err)
+    detokenize_op = post("vLLM detokenize: token ids to text", "tokenizer", ref(tokenize.DetokenizeRequest),
+                         _json("text", out(tokenize.DetokenizeResponse)), oa_err)
+    text = {"schema": {"type": "string"}}
+    index = get("Kaito liveness (JSON); the chat page for browsers (Accept prefers text/html)", "kaito", {
+        "description": "server is running, or the chat page",
+        "content": {"application/json": {"schema": {"type": "object"}}, "text/html": text}})
+
     paths: dict[str, Any] = {
-        "/": {**get("Kaito liveness", "kaito", _json("server is running")), **compat},
+        "/": {**index, **compat},
+        "/ui/app.js": get("The chat page's script", "ui", {"description": "script",
+                                                            "content": {"text/javascript": text}}),
+        "/ui/app.css": get("The chat page's style", "ui", {"description": "style",
+                                                           "content": {"text/css": text}}),
+        "/v1/responses": responses_api,
+        "/tokenize": tokenize_op,
+        "/detokenize": detokenize_op,
         "/health": {"get": {"summary": "Healthy once the model is loaded", "tags": ["kaito"], "responses": {
             "200": _json("healthy"), "503": _json("not ready", kaito_err)}}},
         "/metrics": get("Kaito JSON metrics, or Prometheus text when Accept asks for it", "kaito", {

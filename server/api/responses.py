@@ -29,8 +29,8 @@ from server.api.openai import OPENAI_DEFAULTS
 from server.api.responses_protocol import (
     REQUEST_MODELS,
     InputMessage,
-    OtherPart,
     ResponsesRequest,
+    UnsupportedPart,
     describe,
 )
 from server.api.streaming import SSE_HEADERS, sse
@@ -104,7 +104,7 @@ def _messages(body: ResponsesRequest) -> list[dict[str, str]]:
         else:
             pieces = []
             for j, part in enumerate(item.content):
-                if isinstance(part, OtherPart):
+                if isinstance(part, UnsupportedPart):
                     raise ApiError(400, f"input[{i}].content[{j}]: {part.type} parts are not supported by "
                                    "this server (only input_text)", param=f"input[{i}].content[{j}]")
                 pieces.append(part.text)

@@ -20,20 +20,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class TextPart(_Strict):
+class InputTextPart(_Strict):
     """`input_text` (what clients send) or `output_text` (an earlier reply sent back as input)."""
 
     type: Literal["input_text", "output_text"]
     text: str
 
 
-class OtherPart(_Strict):
+class UnsupportedPart(_Strict):
     """Images, files, audio and refusals: refused by the handler, which names the part."""
 
     type: Literal["input_image", "input_file", "input_audio", "refusal"]
 
 
-ContentPart = Annotated[TextPart | OtherPart, Field(discriminator="type")]
+ContentPart = Annotated[InputTextPart | UnsupportedPart, Field(discriminator="type")]
 
 
 class InputMessage(_Strict):
@@ -42,7 +42,7 @@ class InputMessage(_Strict):
     content: str | list[ContentPart]
 
 
-class OtherItem(BaseModel):
+class UnsupportedItem(BaseModel):
     """Any input item that is not a message (function calls, reasoning, item references)."""
 
     model_config = ConfigDict(extra="allow")
@@ -55,7 +55,7 @@ def _item_kind(value: Any) -> str:
     return "message" if kind == "message" else "other"
 
 
-InputItem = Annotated[Annotated[InputMessage, Tag("message")] | Annotated[OtherItem, Tag("other")],
+InputItem = Annotated[Annotated[InputMessage, Tag("message")] | Annotated[UnsupportedItem, Tag("other")],
                       Discriminator(_item_kind)]
 
 
@@ -82,8 +82,7 @@ class ResponsesRequest(_Strict):
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: float | None = Field(None, ge=0, le=1, description="0 = greedy.")
     stream: StrictBool | None = False
-    metadata: dict[str, str] | None = Field(None, description="Echoed back.",
-                                            json_schema_extra={"maxProperties": 16})
+    metadata: dict[str, str] | None = Field(None, max_length=16, description="Echoed back.")
     store: StrictBool | None = Field(None, description="Accepted; this server stores nothing.")
     user: str | None = None
     text: TextConfig | None = None
@@ -123,8 +122,8 @@ def describe(exc: ValidationError, models: tuple[type[BaseModel], ...]) -> tuple
     return f"{param or 'body'}: {err['msg']}{more}", param or None
 
 
-REQUEST_MODELS = (ResponsesRequest, InputMessage, TextPart, OtherPart, OtherItem, TextFormat, TextConfig,
-                  Reasoning)
+REQUEST_MODELS = (ResponsesRequest, InputMessage, InputTextPart, UnsupportedPart, UnsupportedItem, TextFormat,
+                  TextConfig, Reasoning)
 
 
 # ---- responses (documentation for /openapi.json; the handler builds plain dicts) ----
