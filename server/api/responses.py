@@ -85,7 +85,7 @@ def _reject_unsupported(body: ResponsesRequest) -> None:
     if body.top_logprobs:
         raise ApiError(400, "top_logprobs is not supported by /v1/responses", param="top_logprobs")
     if any("logprobs" in item for item in body.include or ()):
-        raise ApiError(400, "logprobs are not supported by /v1/responses", param="include")
+        raise ApiError(400, "include: logprobs are not supported by /v1/responses", param="include")
 
 
 def _messages(body: ResponsesRequest) -> list[dict[str, str]]:
