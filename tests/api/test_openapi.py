@@ -10,7 +10,15 @@ import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ValidationError
 
-from server.api import kaito_protocol, mosaic_protocol, openai_protocol, openapi, tgi_protocol
+from server.api import (
+    kaito_protocol,
+    mosaic_protocol,
+    openai_protocol,
+    openapi,
+    responses_protocol,
+    tgi_protocol,
+    tokenize,
+)
 from server.app import create_app
 from server.config import load_settings
 
@@ -40,7 +48,9 @@ def _schema_accepts(model: type[BaseModel], body: Any) -> bool:
             openai_protocol.ChatCompletionRequest: "/v1/chat/completions",
             openai_protocol.CompletionRequest: "/v1/completions", tgi_protocol.GenerateRequest: "/generate",
             tgi_protocol.CompatRequest: "/", mosaic_protocol.PredictRequest: "/predict",
-            mosaic_protocol.PredictStreamRequest: "/predict_stream"}[model]
+            mosaic_protocol.PredictStreamRequest: "/predict_stream",
+            responses_protocol.ResponsesRequest: "/v1/responses", tokenize.TokenizeRequest: "/tokenize",
+            tokenize.DetokenizeRequest: "/detokenize"}[model]
     ref = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     schema = {**ref, "components": DOC["components"]}
     return jsonschema.Draft202012Validator(schema).is_valid(body)
@@ -103,6 +113,29 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     (kaito_protocol.ChatRequest, {"prompt": "x", "generate_kwargs": {"max_new_tokens": 3}}),
     (kaito_protocol.ChatRequest, {"messages": MSG, "return_full_text": "no"}),
     (kaito_protocol.ChatRequest, {"messages": []}),
+    (responses_protocol.ResponsesRequest, {"input": "hi"}),
+    (responses_protocol.ResponsesRequest, {"input": [{"role": "user", "content": "hi"}], "instructions": "x",
+                                           "max_output_tokens": 5, "temperature": 0, "top_p": 1,
+                                           "stream": True, "metadata": {"k": "v"}}),
+    (responses_protocol.ResponsesRequest, {"input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "b", "annotations": []}]}]}),
+    (responses_protocol.ResponsesRequest, {"input": ""}),
+    (responses_protocol.ResponsesRequest, {"input": []}),
+    (responses_protocol.ResponsesRequest, {}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "temperature": 3}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "max_output_tokens": 0}),
+    (responses_protocol.ResponsesRequest, {"input": [{"role": "robot", "content": "x"}]}),
+    (responses_protocol.ResponsesRequest, {"input": [{"role": "user", "content": [{"type": "input_text"}]}]}),
+    (tokenize.TokenizeRequest, {"prompt": "x", "add_special_tokens": False, "return_token_strs": True}),
+    (tokenize.TokenizeRequest, {"messages": MSG, "add_generation_prompt": False}),
+    (tokenize.TokenizeRequest, {"prompt": 3}),
+    (tokenize.TokenizeRequest, {"messages": []}),
+    (tokenize.DetokenizeRequest, {"tokens": [1, 2]}),
+    (tokenize.DetokenizeRequest, {"tokens": []}),
+    (tokenize.DetokenizeRequest, {"tokens": [-1]}),
+    (tokenize.DetokenizeRequest, {"tokens": [1.5]}),
+    (tokenize.DetokenizeRequest, {}),
 ]
 
 
@@ -140,6 +173,17 @@ def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> N
     (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"merged_adapters": {}}}),
     (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"adapter_id": "a"}}),
     (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "tools": [{"type": "function", "name": "f"}]}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "previous_response_id": "resp_1"}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "background": True}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "top_logprobs": 2}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "reasoning": {"effort": "high"}}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "text": {"format": {"type": "json_object"}}}),
+    (responses_protocol.ResponsesRequest, {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:,"}]}]}),
+    (responses_protocol.ResponsesRequest, {"input": [{"type": "function_call", "call_id": "c", "name": "f",
+                                                      "arguments": "{}"}]}),
+    (tokenize.TokenizeRequest, {"prompt": "x", "messages": MSG}),
 ])
 def test_unsupported_values_are_outside_the_schema(model: type[BaseModel], body: dict) -> None:
     # the model lets them through so the handler can say clearly why they are refused
