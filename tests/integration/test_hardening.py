@@ -56,6 +56,9 @@ ENDPOINTS = [
     ("/predict_stream", {"inputs": ["Hello"], "parameters": {"max_new_tokens": 2}}),
     ("/v1/predict", {"inputs": ["Hello"], "parameters": {"max_new_tokens": 2}}),
     ("/v1/predict_stream", {"inputs": ["Hello"], "parameters": {"max_new_tokens": 2}}),
+    ("/v1/responses", {"model": "m", "input": "Hi", "max_output_tokens": 2}),
+    ("/tokenize", {"prompt": "Hello"}),
+    ("/detokenize", {"tokens": [1, 2]}),
 ]
 
 
