@@ -9,7 +9,7 @@ MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench soak clean image image-test plan clients
+.PHONY: install model run test lint bench soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -36,7 +36,11 @@ $(CLIENTS_VENV)/.installed: requirements-clients.txt
 	$(CLIENTS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-clients.txt
 	touch $@
 
-test: install model clients
+# Headless Chromium (OS package) for the chat page's browser test; says why when it cannot install it.
+browser:
+	tools/install_browser.sh
+
+test: install model clients browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
