@@ -20,7 +20,7 @@ from server.api import (
     openai_protocol,
     responses_protocol,
     tgi_protocol,
-    tokenize,
+    tokenize_protocol,
 )
 from server.engine import params as engine_params
 
@@ -88,16 +88,16 @@ def document() -> dict[str, Any]:
     requests: list[type[BaseModel]] = [
         kaito_protocol.ChatRequest, openai_protocol.ChatCompletionRequest, openai_protocol.CompletionRequest,
         tgi_protocol.GenerateRequest, tgi_protocol.CompatRequest, mosaic_protocol.PredictRequest,
-        mosaic_protocol.PredictStreamRequest, responses_protocol.ResponsesRequest, tokenize.TokenizeRequest,
-        tokenize.DetokenizeRequest,
+        mosaic_protocol.PredictStreamRequest, responses_protocol.ResponsesRequest,
+        tokenize_protocol.TokenizeRequest, tokenize_protocol.DetokenizeRequest,
     ]
     responses: list[type[BaseModel]] = [
         openai_protocol.ChatCompletion, openai_protocol.Completion, openai_protocol.ModelList,
         openai_protocol.Model, openai_protocol.ErrorResponse, tgi_protocol.GenerateResponse,
         tgi_protocol.StreamResponse, tgi_protocol.Info, tgi_protocol.ErrorResponse,
         mosaic_protocol.PredictResponse, mosaic_protocol.PredictStreamChunk, mosaic_protocol.ErrorResponse,
-        responses_protocol.ResponseObject, responses_protocol.StreamEvent, tokenize.TokenizeResponse,
-        tokenize.DetokenizeResponse,
+        responses_protocol.ResponseObject, responses_protocol.StreamEvent, tokenize_protocol.TokenizeResponse,
+        tokenize_protocol.DetokenizeResponse,
     ]
     keys, defs = models_json_schema([(m, "validation") for m in requests]
                                     + [(m, "serialization") for m in responses], ref_template=_REF)
@@ -123,7 +123,7 @@ def document() -> dict[str, Any]:
         {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
         {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
     ]
-    _exactly_one_of_prompt_and_messages(schemas, keys[(tokenize.TokenizeRequest, "validation")])
+    _exactly_one_of_prompt_and_messages(schemas, keys[(tokenize_protocol.TokenizeRequest, "validation")])
     _text_only_responses_input(schemas, keys[(responses_protocol.ResponsesRequest, "validation")])
     detail = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
     schemas["KaitoError"] = detail
@@ -188,11 +188,11 @@ def document() -> dict[str, Any]:
                              "application/json": {"schema": out(rp.ResponseObject)},
                              "text/event-stream": {"schema": _sse_event(out(rp.StreamEvent))}}},
                          oa_err)
+    tp = tokenize_protocol
     tokenize_op = post("vLLM tokenize: `prompt`, or chat `messages` with the template applied", "tokenizer",
-                       ref(tokenize.TokenizeRequest), _json("token ids", out(tokenize.TokenizeResponse)),
-                       oa_err)
-    detokenize_op = post("vLLM detokenize: token ids to text", "tokenizer", ref(tokenize.DetokenizeRequest),
-                         _json("text", out(tokenize.DetokenizeResponse)), oa_err)
+                       ref(tp.TokenizeRequest), _json("token ids", out(tp.TokenizeResponse)), oa_err)
+    detokenize_op = post("vLLM detokenize: token ids to text", "tokenizer", ref(tp.DetokenizeRequest),
+                         _json("text", out(tp.DetokenizeResponse)), oa_err)
     text = {"schema": {"type": "string"}}
     index = get("Kaito liveness (JSON); the chat page for browsers (Accept prefers text/html)", "kaito", {
         "description": "server is running, or the chat page",

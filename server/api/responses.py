@@ -20,12 +20,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Response, current_app, jsonify
 from pydantic import ValidationError
 
-from server.api import engine_calls
-from server.api.errors import ApiError, read_json_object, register_renderer, render
-from server.api.openai import OPENAI_DEFAULTS
+from server.api import engine_calls, openai
+from server.api.dialect import Dialect, current_engine, tokenizing
+from server.api.errors import ApiError
 from server.api.responses_protocol import (
     REQUEST_MODELS,
     InputMessage,
@@ -33,32 +33,23 @@ from server.api.responses_protocol import (
     UnsupportedPart,
     describe,
 )
-from server.api.streaming import SSE_HEADERS, sse
+from server.api.streaming import sse, sse_response
 from server.engine.request import GenerationRequest
 from server.engine.service import Engine
 from server.observability import metrics
 
-bp = Blueprint("responses", __name__, url_prefix="/v1")
+
+def _invalid(exc: ValidationError) -> ApiError:
+    """The most specific failing field, named in `param` as the SDK's types name it."""
+    message, param = describe(exc, REQUEST_MODELS)
+    return ApiError(400, message, param=param)
 
 
-def _api_error(exc: ApiError) -> Response:
-    return render("openai", exc)  # the OpenAI error shape
-
-
-bp.register_error_handler(ApiError, _api_error)
-register_renderer(bp.name, _api_error)
-
-
-def _engine() -> Engine:
-    return current_app.extensions["inferbox.engine"]
-
-
-def _validate(data: dict[str, Any]) -> ResponsesRequest:
-    try:
-        return ResponsesRequest.model_validate(data)
-    except ValidationError as exc:
-        message, param = describe(exc, REQUEST_MODELS)
-        raise ApiError(400, message, param=param) from None
+# OpenAI's error shape and sampling defaults; engine option names as Responses clients know them
+dialect = Dialect("responses", openai.dialect.error_body, invalid=_invalid, defaults=openai.OPENAI_DEFAULTS,
+                  url_prefix="/v1", renames={"max_new_tokens": "max_output_tokens",
+                                             "generate_kwargs": "parameters"})
+bp = dialect.bp
 
 
 def _reject_unsupported(body: ResponsesRequest) -> None:
@@ -114,14 +105,8 @@ def _messages(body: ResponsesRequest) -> list[dict[str, str]]:
 
 
 def _input_ids(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
-    try:
+    with tokenizing(param="input"):
         return engine.encode_chat(messages)
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param="input") from None
-    except Exception as exc:  # jinja template errors are the messages' fault
-        if type(exc).__name__ in ("TemplateError", "TemplateSyntaxError", "UndefinedError"):
-            raise ApiError(400, f"chat template failed on these messages: {exc}", param="input") from None
-        raise
 
 
 def _request(engine: Engine, body: ResponsesRequest, ids: list[int]) -> GenerationRequest:
@@ -141,12 +126,7 @@ def _request(engine: Engine, body: ResponsesRequest, ids: list[int]) -> Generati
             kw["do_sample"] = False
         else:
             kw["top_p"] = body.top_p
-    try:
-        params = engine_calls.make_params(engine, kw, len(ids), OPENAI_DEFAULTS)
-    except ApiError as exc:
-        msg = exc.message.replace("max_new_tokens", "max_output_tokens")
-        raise ApiError(exc.status, msg, exc.kind, exc.param, exc.headers) from None
-    return engine_calls.new_request(engine, ids, params)
+    return engine_calls.new_request(engine, ids, dialect.params(engine, kw, len(ids)))
 
 
 class _Reply:
@@ -199,8 +179,8 @@ def _status(finish_reason: str | None) -> str:
 
 @bp.post("/responses")
 def create_response() -> Response:
-    engine = _engine()
-    body = _validate(read_json_object(request))
+    engine = current_engine()
+    body = dialect.read(ResponsesRequest)
     _reject_unsupported(body)
     messages = _messages(body)
     engine_calls.require_ready(engine)
@@ -257,4 +237,4 @@ def _stream(engine: Engine, req: GenerationRequest, reply: _Reply) -> Response:
         final = reply.snapshot(status, [item], _usage(req.prompt_tokens, tokens))
         yield event(f"response.{status}", response=final)
 
-    return Response(stream_with_context(body()), mimetype="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(body())

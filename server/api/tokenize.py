@@ -9,73 +9,27 @@ Errors use the OpenAI error shape (as vLLM's). Nothing here touches the model, o
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from flask import Response, jsonify
+from pydantic import ValidationError
 
-from server.api import engine_calls
-from server.api.errors import ApiError, read_json_object, register_renderer, render
+from server.api import engine_calls, openai
+from server.api.dialect import Dialect, current_engine, tokenizing
+from server.api.errors import ApiError
 from server.api.openai_protocol import ChatMessage, TextPart
 from server.api.responses_protocol import describe
+from server.api.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from server.engine.service import Engine
 
-bp = Blueprint("tokenize", __name__)
+
+def _invalid(exc: ValidationError) -> ApiError:
+    message, param = describe(exc, (TokenizeRequest, DetokenizeRequest, ChatMessage, TextPart))
+    return ApiError(400, message, param=param)
 
 
-class TokenizeRequest(BaseModel):
-    """vLLM's TokenizeCompletionRequest and TokenizeChatRequest in one body: `prompt` or `messages`."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: str | None = Field(None, description="Any name is accepted.")
-    prompt: str | None = Field(None, description="Text to tokenize (exactly one of prompt and messages).")
-    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = Field(
-        None, description="Chat messages; the model's chat template is applied.")
-    add_special_tokens: StrictBool | None = Field(
-        None, description="Default true for prompt, false for messages (the template adds them).")
-    add_generation_prompt: StrictBool = Field(True, description="messages only: end with the assistant cue.")
-    continue_final_message: StrictBool = Field(
-        False, description="messages only: leave the last message open (not with add_generation_prompt).")
-    return_token_strs: StrictBool = Field(False, description="Also return each token's string.")
-
-
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: str | None = Field(None, description="Any name is accepted.")
-    tokens: list[Annotated[StrictInt, Field(ge=0)]] = Field(..., description="Token ids to decode.")
-
-
-class TokenizeResponse(BaseModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None
-
-
-class DetokenizeResponse(BaseModel):
-    prompt: str
-
-
-def _api_error(exc: ApiError) -> Response:
-    return render("openai", exc)  # vLLM answers these routes in the OpenAI error shape
-
-
-bp.register_error_handler(ApiError, _api_error)
-register_renderer(bp.name, _api_error)
-
-
-def _engine() -> Engine:
-    return current_app.extensions["inferbox.engine"]
-
-
-def _read(model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(read_json_object(request))
-    except ValidationError as exc:
-        message, param = describe(exc, (model, ChatMessage, TextPart))
-        raise ApiError(400, message, param=param) from None
+dialect = Dialect("tokenize", openai.dialect.error_body, invalid=_invalid)  # vLLM: OpenAI's error shape
+bp = dialect.bp
 
 
 def _chat_text(engine: Engine, body: TokenizeRequest) -> str:
@@ -87,22 +41,16 @@ def _chat_text(engine: Engine, body: TokenizeRequest) -> str:
     tok = engine.tokenizer
     if not tok.chat_template:
         raise ApiError(400, "this model has no chat template; send `prompt`", param="messages")
-    try:
+    with tokenizing(param="messages"):
         return tok.apply_chat_template(messages, tokenize=False,
                                        add_generation_prompt=body.add_generation_prompt,
                                        continue_final_message=body.continue_final_message)
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param="messages") from None
-    except Exception as exc:  # jinja template errors are the messages' fault
-        if type(exc).__name__ in ("TemplateError", "TemplateSyntaxError", "UndefinedError"):
-            raise ApiError(400, f"chat template failed on these messages: {exc}", param="messages") from None
-        raise
 
 
 @bp.post("/tokenize")
 def tokenize() -> Response:
-    engine = _engine()
-    body: TokenizeRequest = _read(TokenizeRequest)
+    engine = current_engine()
+    body = dialect.read(TokenizeRequest)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "send exactly one of `prompt` and `messages`", param="prompt")
     if body.add_generation_prompt and body.continue_final_message and body.messages is not None:
@@ -115,7 +63,8 @@ def tokenize() -> Response:
     else:
         text = _chat_text(engine, body)
         special = bool(body.add_special_tokens)
-    ids = engine.encode(text, add_special_tokens=special)
+    with tokenizing(param="prompt"):
+        ids = engine.encode(text, add_special_tokens=special)
     limits = engine.limits
     strs = engine.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return jsonify({"count": len(ids), "max_model_len": limits.context_length if limits else 0,
@@ -124,8 +73,8 @@ def tokenize() -> Response:
 
 @bp.post("/detokenize")
 def detokenize() -> Response:
-    engine = _engine()
-    body: DetokenizeRequest = _read(DetokenizeRequest)
+    engine = current_engine()
+    body = dialect.read(DetokenizeRequest)
     engine_calls.require_ready(engine)
     vocab = engine.limits.vocab_size if engine.limits else None
     if vocab is not None and any(t >= vocab for t in body.tokens):

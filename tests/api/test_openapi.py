@@ -17,7 +17,7 @@ from server.api import (
     openapi,
     responses_protocol,
     tgi_protocol,
-    tokenize,
+    tokenize_protocol,
 )
 from server.app import create_app
 from server.config import load_settings
@@ -49,8 +49,9 @@ def _schema_accepts(model: type[BaseModel], body: Any) -> bool:
             openai_protocol.CompletionRequest: "/v1/completions", tgi_protocol.GenerateRequest: "/generate",
             tgi_protocol.CompatRequest: "/", mosaic_protocol.PredictRequest: "/predict",
             mosaic_protocol.PredictStreamRequest: "/predict_stream",
-            responses_protocol.ResponsesRequest: "/v1/responses", tokenize.TokenizeRequest: "/tokenize",
-            tokenize.DetokenizeRequest: "/detokenize"}[model]
+            responses_protocol.ResponsesRequest: "/v1/responses",
+            tokenize_protocol.TokenizeRequest: "/tokenize",
+            tokenize_protocol.DetokenizeRequest: "/detokenize"}[model]
     ref = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     schema = {**ref, "components": DOC["components"]}
     return jsonschema.Draft202012Validator(schema).is_valid(body)
@@ -127,15 +128,16 @@ CASES: list[tuple[type[BaseModel], Any]] = [
     (responses_protocol.ResponsesRequest, {"input": "x", "max_output_tokens": 0}),
     (responses_protocol.ResponsesRequest, {"input": [{"role": "robot", "content": "x"}]}),
     (responses_protocol.ResponsesRequest, {"input": [{"role": "user", "content": [{"type": "input_text"}]}]}),
-    (tokenize.TokenizeRequest, {"prompt": "x", "add_special_tokens": False, "return_token_strs": True}),
-    (tokenize.TokenizeRequest, {"messages": MSG, "add_generation_prompt": False}),
-    (tokenize.TokenizeRequest, {"prompt": 3}),
-    (tokenize.TokenizeRequest, {"messages": []}),
-    (tokenize.DetokenizeRequest, {"tokens": [1, 2]}),
-    (tokenize.DetokenizeRequest, {"tokens": []}),
-    (tokenize.DetokenizeRequest, {"tokens": [-1]}),
-    (tokenize.DetokenizeRequest, {"tokens": [1.5]}),
-    (tokenize.DetokenizeRequest, {}),
+    (tokenize_protocol.TokenizeRequest, {"prompt": "x", "add_special_tokens": False,
+                                         "return_token_strs": True}),
+    (tokenize_protocol.TokenizeRequest, {"messages": MSG, "add_generation_prompt": False}),
+    (tokenize_protocol.TokenizeRequest, {"prompt": 3}),
+    (tokenize_protocol.TokenizeRequest, {"messages": []}),
+    (tokenize_protocol.DetokenizeRequest, {"tokens": [1, 2]}),
+    (tokenize_protocol.DetokenizeRequest, {"tokens": []}),
+    (tokenize_protocol.DetokenizeRequest, {"tokens": [-1]}),
+    (tokenize_protocol.DetokenizeRequest, {"tokens": [1.5]}),
+    (tokenize_protocol.DetokenizeRequest, {}),
 ]
 
 
@@ -183,7 +185,7 @@ def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> N
         {"type": "input_image", "image_url": "data:,"}]}]}),
     (responses_protocol.ResponsesRequest, {"input": [{"type": "function_call", "call_id": "c", "name": "f",
                                                       "arguments": "{}"}]}),
-    (tokenize.TokenizeRequest, {"prompt": "x", "messages": MSG}),
+    (tokenize_protocol.TokenizeRequest, {"prompt": "x", "messages": MSG}),
 ])
 def test_unsupported_values_are_outside_the_schema(model: type[BaseModel], body: dict) -> None:
     # the model lets them through so the handler can say clearly why they are refused
