@@ -1,5 +1,6 @@
 """`python -m server [Kaito flags]`: translate Kaito's launch flags into environment variables and
-exec gunicorn, so Kaito's command lines keep working."""
+exec gunicorn, so Kaito's command lines keep working. A configuration that cannot be served is
+refused here, before gunicorn starts, with the reason."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import os
 import sys
 from pathlib import Path
 
-from server.config import flags_to_env, load_settings
+from server.config import ConfigError, load_settings
+from server.kaito_flags import flags_to_env
 
 
 def main(argv: list[str] | None = None) -> None:
-    env = flags_to_env(sys.argv[1:] if argv is None else argv)
-    os.environ.update(env)
-    load_settings()  # fail fast on bad configuration, before gunicorn forks
+    try:
+        env = flags_to_env(sys.argv[1:] if argv is None else argv)
+        os.environ.update(env)
+        settings = load_settings()  # fail fast on bad configuration, before gunicorn forks
+        if settings.quantization != "none":
+            from server.model.loader import check_quantization
+
+            check_quantization(settings)
+    except ConfigError as exc:
+        sys.exit(f"inferbox: refusing to start: {exc}")
     conf = Path(__file__).resolve().parent / "gunicorn_conf.py"
     os.chdir(Path(__file__).resolve().parent.parent)
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf), "server.app:create_app()"])

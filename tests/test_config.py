@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import DEFAULT_MODEL_PATH, ConfigError, flags_to_env, load_settings
+from server.config import DEFAULT_MODEL_PATH, ConfigError, load_settings
+from server.kaito_flags import flags_to_env
 
 
 def test_defaults_serve_the_embedded_model() -> None:
@@ -66,3 +67,10 @@ def test_kaito_flags_become_environment() -> None:
     assert "--num_processes" in env["_INFERBOX_IGNORED_FLAGS"]
     s = load_settings({k: v for k, v in env.items() if not k.startswith("_")})
     assert s.model_path == "/workspace/tfs/weights" and s.trust_remote_code
+
+
+def test_quantization_setting_and_preset() -> None:
+    assert load_settings({}).quantization == "none"
+    assert load_settings({"QUANTIZATION": "int8"}).quantization == "int8"
+    with pytest.raises(ConfigError, match="QUANTIZATION must be one of"):
+        load_settings({"QUANTIZATION": "int3"})

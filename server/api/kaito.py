@@ -62,7 +62,14 @@ def metrics_endpoint() -> Response:
     if metrics.wants_prometheus(request.headers.get("Accept", "")):
         body, content_type = metrics.prometheus_exposition(request.headers.get("Accept", ""))
         return Response(body, content_type=content_type)
-    return jsonify(metrics.kaito_system_metrics())
+    engine = _engine()
+    loaded = engine.loaded
+    return jsonify(metrics.kaito_system_metrics({
+        "name": engine.settings.served_model_name,
+        "dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
+        "quantization": engine.settings.quantization,
+        "weight_bytes": loaded.weight_bytes if loaded else None,
+    }))
 
 
 @bp.post("/chat")

@@ -80,6 +80,7 @@ def info() -> Response:
         "model_dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
         "model_device_type": loaded.device.type if loaded else None,
         "model_pipeline_tag": "text-generation",
+        "quantize": settings.quantization if settings.quantization != "none" else None,
         "max_concurrent_requests": settings.max_queued_requests,
         "max_best_of": MAX_BEST_OF,
         "max_stop_sequences": MAX_STOP_SEQUENCES,

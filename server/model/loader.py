@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from server.config import Settings
+from server.model import quantize
 from server.model.cpu_kernels import use_onednn_linear
 from server.presets import PRESETS_DIR
 
@@ -40,6 +41,8 @@ class LoadedModel:
     context_length: int
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
+    quantization: str = "none"
+    weight_bytes: int = 0  # as stored (quantized weights count their int8/int4 data and scales)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -122,9 +125,16 @@ def split_gguf(path: str) -> tuple[str, str | None]:
     return path, None
 
 
+def check_quantization(s: Settings) -> None:
+    """Refuse (QuantizationError, with the reason) a QUANTIZATION this machine cannot serve."""
+    cuda = torch.cuda.is_available() and s.device_map != "cpu"
+    quantize.check(s.quantization, cuda=cuda, gguf=split_gguf(s.model_path)[1] is not None)
+
+
 def load(s: Settings) -> LoadedModel:
     cuda = torch.cuda.is_available() and s.device_map != "cpu"
     path, gguf = split_gguf(s.model_path)
+    check_quantization(s)
     local_only = not s.allow_remote_files
     if local_only and not Path(path).exists():
         raise ModelLoadError(
@@ -136,13 +146,26 @@ def load(s: Settings) -> LoadedModel:
         common["gguf_file"] = gguf
     dtype = resolve_dtype(s.torch_dtype, cuda, gguf is not None)
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, **resolve_device_map(s, cuda), **common
-    )
+    qconfig = quantize.quantization_config(s.quantization)
+    if qconfig is not None:
+        common["quantization_config"] = qconfig
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, **resolve_device_map(s, cuda), **common
+        )
+    except ValueError as exc:
+        if qconfig is None:
+            raise
+        # e.g. a max_memory that offloads layers to the CPU: quanto quantizes on the accelerator
+        raise ModelLoadError(f"QUANTIZATION={s.quantization} cannot load this model here: {exc}") from exc
+    quantized = sum(1 for _ in quantize.quantized_modules(model))
+    if qconfig is not None and not quantized:
+        raise ModelLoadError(f"QUANTIZATION={s.quantization}: this model has no linear layers quanto can "
+                             "quantize (torch.nn.Linear); serve it with QUANTIZATION=none")
     if not cuda:
         model.to("cpu")
         if s.cpu_linear == "onednn":
-            n = use_onednn_linear(model)
+            n = use_onednn_linear(model)  # quanto's QLinear layers keep quanto's kernels
             log.info("oneDNN kernels for %d linear layers (CPU_LINEAR=torch turns this off)", n)
     model.eval()
     template = read_chat_template(s.chat_template)
@@ -161,10 +184,13 @@ def load(s: Settings) -> LoadedModel:
         context_length=context,
         eos_token_ids=eos,
         pad_token_id=int(tokenizer.pad_token_id),
+        quantization=s.quantization,
+        weight_bytes=quantize.weight_bytes(model),
     )
     log.info(
-        "model loaded: %s params, dtype %s, device %s, context %d",
-        loaded.num_parameters, loaded.dtype, getattr(model, "hf_device_map", loaded.device), context,
+        "model loaded: %s params, dtype %s, quantization %s (%d layers), weights %.1f MiB, device %s, "
+        "context %d", loaded.num_parameters, loaded.dtype, s.quantization, quantized,
+        loaded.weight_bytes / 2**20, getattr(model, "hf_device_map", loaded.device), context,
     )
     return loaded
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
 
 REGISTRY = CollectorRegistry()
@@ -40,6 +40,14 @@ TTFT = Histogram("inferbox_time_to_first_token_seconds", "Time to first token", 
 INFLIGHT = Gauge("inferbox_inflight_requests", "HTTP requests in flight (streams until their last byte)",
                  registry=REGISTRY)
 DRAINING = Gauge("inferbox_draining", "1 while the server drains after SIGTERM", registry=REGISTRY)
+MODEL = Info("inferbox_model", "The served model: name and weight quantization (QUANTIZATION)",
+             registry=REGISTRY)
+WEIGHT_BYTES = Gauge("inferbox_model_weight_bytes", "Bytes of the model's weights as stored (quantized "
+                     "weights count their int8/int4 data and scales); 0 until loaded", registry=REGISTRY)
+
+
+def describe_model(name: str, quantization: str) -> None:
+    MODEL.info({"model": name, "quantization": quantization})
 
 
 def record_ttft(seconds: float) -> None:
@@ -74,8 +82,14 @@ def _gb(n: float) -> str:
     return f"{n / 1024**3:.2f} GB"
 
 
-def kaito_system_metrics() -> dict[str, Any]:
-    """Kaito's `/metrics` JSON: GPU info when CUDA is available, CPU info otherwise."""
+def kaito_system_metrics(model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Kaito's `/metrics` JSON: GPU info when CUDA is available, CPU info otherwise; `model_info`
+    (an inferbox addition: name, dtype, quantization, weight bytes) when given."""
+    extra = {"model_info": model_info} if model_info is not None else {}
+    return {**_system_metrics(), **extra}
+
+
+def _system_metrics() -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_available():

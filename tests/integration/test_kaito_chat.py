@@ -206,7 +206,8 @@ def test_handle_long_generation_hole_keeps_the_tail(base_url: str) -> None:
 
 def test_metrics_json_and_prometheus(base_url: str) -> None:
     data = requests.get(base_url + "/metrics").json()
-    assert set(data) == {"gpu_info", "cpu_info"}
+    assert set(data) == {"gpu_info", "cpu_info", "model_info"}
+    assert data["model_info"]["quantization"] == "none" and data["model_info"]["weight_bytes"] > 0
     assert data["cpu_info"]["total_cores"] >= 1 and "used" in data["cpu_info"]["memory"]
     prom = requests.get(base_url + "/metrics", headers={"Accept": "text/plain;version=0.0.4"})
     assert prom.headers["Content-Type"].startswith("text/plain")
