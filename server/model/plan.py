@@ -8,6 +8,12 @@ Falcon are built with transformers' native MptConfig / FalconConfig (no remote c
 spill to CPU or disk: a plan that needs that fails.
 
     python -m server.plan --preset llama-2-70b-chat --gpus 2x80GiB [--dtype float16]
+    python -m server.plan --preset llama-2-70b-chat --gpus 1x80GiB --quantization int8
+
+With `--quantization` the linear layers are swapped for quanto's on the meta model by the same
+quantizer `from_pretrained(quantization_config=QuantoConfig(...))` uses, so placement and sizes are
+the server's (quantized weights at 1 or 0.5 byte, plus their scales; embeddings and LM head stay in
+the dtype). The KV cache stays in the dtype.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class Plan:
     model_type: str
     config_class: str
     dtype: str
+    quantization: str
     parameters: int
     weight_bytes: int
     kv_bytes_per_token: int
@@ -70,7 +77,8 @@ class Plan:
     def render(self) -> str:
         lines = [
             f"preset {self.preset}: {self.model_type} ({self.config_class}), {self.parameters / 1e9:.2f}B "
-            f"parameters, {self.dtype}, weights {_gib(self.weight_bytes)}",
+            f"parameters, {self.dtype}{self._quantized}, weights {_gib(self.weight_bytes)} "
+            f"({self.weight_bytes / 1e9:.1f} GB)",
             f"{'gpu':>4} {'capacity':>11} {'weights':>11} {'layers':>6} {'reserve':>9} {'free for KV':>11}",
         ]
         for g in self.gpus:
@@ -86,9 +94,14 @@ class Plan:
             f"(= {tokens / self.context_length:.1f} sequences of the full "
             f"{self.context_length:,}-token context)",
             "serve it with the same placement: DEVICE_MAP=auto MAX_MEMORY="
-            + ",".join(f"{g.index}={(g.capacity - g.reserve) // 2**20}MiB" for g in self.gpus),
+            + ",".join(f"{g.index}={(g.capacity - g.reserve) // 2**20}MiB" for g in self.gpus)
+            + (f" QUANTIZATION={self.quantization}" if self.quantization != "none" else ""),
         ]
         return "\n".join(lines)
+
+    @property
+    def _quantized(self) -> str:
+        return f" weights quantized to {self.quantization}" if self.quantization != "none" else ""
 
 
 def _gib(n: int) -> str:
@@ -190,7 +203,8 @@ def _layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str], torch_dtype: Any) -> dict:
+def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str], torch_dtype: Any,
+                    quantizer: Any = None) -> dict:
     """The device map `from_pretrained(device_map="auto", max_memory=...)` computes.
 
     transformers 5 wraps accelerate's `get_balanced_memory` + `infer_auto_device_map` in its own
@@ -202,7 +216,9 @@ def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str],
     except ImportError:
         _get_device_map = None
     if _get_device_map is not None:
-        return dict(_get_device_map(model, "auto", dict(max_memory), None))
+        return dict(_get_device_map(model, "auto", dict(max_memory), quantizer))
+    if quantizer is not None:
+        raise PlanError("planning a quantized model needs transformers' own device-map code (>= 5)")
     from accelerate.utils import get_balanced_memory, infer_auto_device_map
 
     balanced = get_balanced_memory(model, max_memory=dict(max_memory), no_split_module_classes=no_split,
@@ -211,27 +227,66 @@ def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str],
                                  dtype=torch_dtype)
 
 
+def quantizer_for(quantization: str) -> Any:
+    """transformers' quanto quantizer (what from_pretrained builds from QuantoConfig), or None.
+    Its environment check (no CPU offload) is left out: a plan that spills fails on its own terms."""
+    from server.model import quantize
+
+    if quantization not in quantize.QUANTIZATIONS:
+        choices = ", ".join(quantize.QUANTIZATIONS)
+        raise PlanError(f"quantization must be one of {choices}; got {quantization!r}")
+    config = quantize.quantization_config(quantization)
+    if config is None:
+        return None
+    if not quantize.quanto_available():
+        raise PlanError("planning a quantized model needs optimum-quanto (requirements.txt)")
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(config)
+    quantizer.validate_environment = lambda *a, **k: None  # type: ignore[method-assign]
+    return quantizer
+
+
+def scale_bytes(model: Any, quantization: str, dtype_bytes: int) -> dict[str, int]:
+    """Bytes of quanto's scales (and int4's shifts) per quantized module, which transformers'
+    sizes leave out: one scale per output row for int8/fp8; a scale and a shift per group of 128
+    weights for int4."""
+    from server.model.quantize import quantized_modules
+
+    out: dict[str, int] = {}
+    for name, module in quantized_modules(model):
+        rows, cols = module.weight.shape
+        per_row = 2 * -(-cols // 128) if quantization == "int4" else 1
+        out[name] = rows * per_row * dtype_bytes
+    return out
+
+
 def plan(
     preset: Preset | str,
     gpus: str | list[int],
     dtype: str | None = None,
     reserve: str = "1GiB",
     min_tokens: int | None = None,
+    quantization: str | None = None,
 ) -> Plan:
     """Plan `preset` on `gpus`; raise PlanError with an operator-readable reason when it cannot run."""
-    from accelerate.utils import compute_module_sizes
+    from transformers.integrations.accelerate import compute_module_sizes
 
     # accelerate checks max_memory's GPUs against this machine's (none here): planning for GPUs we
     # do not have is the point, so its "device not available" warnings are noise.
     for name in ("accelerate.utils.modeling", "transformers.integrations.accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     p = load_preset(preset) if isinstance(preset, str) else preset
+    quantization = quantization or p.quantization
+    quantizer = quantizer_for(quantization)
     dtype = dtype or (p.dtype if p.dtype != "auto" else "float16")
     if dtype not in DTYPE_BYTES:
         raise PlanError(f"dtype must be one of {', '.join(DTYPE_BYTES)}; got {dtype!r}")
     capacities = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
     reserve_bytes = parse_size(reserve) if reserve not in ("0", "") else 0
     model = build_empty_model(p, dtype)
+    if quantizer is not None:
+        quantizer.preprocess_model(model, dtype=getattr(__import__("torch"), dtype))
     no_split = list(getattr(model, "_no_split_modules", None) or [])
     torch_dtype = getattr(__import__("torch"), dtype)
 
@@ -239,15 +294,21 @@ def plan(
     budget = {i: c - reserve_bytes for i, c in enumerate(capacities)}
     if min(budget.values()) <= 0:
         raise PlanError(f"the reserve ({reserve}) leaves no memory on a {_gib(min(capacities))} GPU")
-    device_map = auto_device_map(model, budget, no_split, torch_dtype)
-    sizes = compute_module_sizes(model, dtype=torch_dtype)
+    device_map = auto_device_map(model, budget, no_split, torch_dtype, quantizer)
+    sizes = {k: int(v) for k, v in compute_module_sizes(model, hf_quantizer=quantizer)[0].items()}
+    if quantizer is not None:
+        for name, extra in scale_bytes(model, quantization, DTYPE_BYTES[dtype]).items():
+            parts = name.split(".")
+            for i in range(len(parts) + 1):
+                sizes[".".join(parts[:i])] = sizes.get(".".join(parts[:i]), 0) + extra
     total = sizes[""]
     offloaded = sorted({str(d) for d in device_map.values() if not isinstance(d, int)})
     if offloaded:
         spilled = sum(sizes[n] for n, d in device_map.items() if not isinstance(d, int))
         need = -(-total // GIB)
         raise PlanError(
-            f"{p.name} in {dtype} needs {_gib(total)} of weights ({_gib(spilled)} would spill to "
+            f"{p.name} in {dtype}{' with ' + quantization + ' weights' if quantizer else ''} needs "
+            f"{_gib(total)} of weights ({_gib(spilled)} would spill to "
             f"{'/'.join(offloaded)}); {len(capacities)} GPU(s) of {', '.join(_gib(c) for c in capacities)} "
             f"hold at most {_gib(sum(budget.values()))} after a {reserve} reserve each. "
             f"Use more or larger GPUs (at least {need} GiB of weights in all plus KV cache)."
@@ -255,7 +316,7 @@ def plan(
     per_gpu = [GpuPlan(index=i, capacity=c, reserve=reserve_bytes) for i, c in enumerate(capacities)]
     layer_gpu: dict[int, int] = {}
     for name, device in device_map.items():
-        per_gpu[device].weights += sizes[name]
+        per_gpu[device].weights += sizes.get(name, 0)  # a tied weight counts once, where it is owned
         idx = _layer_index(name)
         if idx is not None:
             layer_gpu[idx] = device
@@ -266,7 +327,8 @@ def plan(
         per_gpu[layer_gpu.get(i, 0)].layers += 1
     result = Plan(
         preset=p.name, model_type=p.architecture.model_type, config_class=type(model.config).__name__,
-        dtype=dtype, parameters=sum(t.numel() for t in model.parameters()), weight_bytes=total,
+        dtype=dtype, quantization=quantization, parameters=sum(t.numel() for t in model.parameters()),
+        weight_bytes=total,
         kv_bytes_per_token=kv_bytes_per_token(p.architecture, dtype, model),
         context_length=p.context_length, gpus=per_gpu, device_map=dict(device_map),
     )
@@ -290,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         "--gpus", help="e.g. 2x24GiB, 1x80GiB or 24GiB,48GiB (default: the preset's resources)",
     )
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="default: the preset's dtype")
+    parser.add_argument("--quantization", choices=["none", "int8", "int4", "fp8"],
+                        help="weight-only quantization (QUANTIZATION); default: the preset's")
     parser.add_argument("--reserve", default="1GiB", help="per GPU, kept for CUDA context and activations")
     parser.add_argument("--min-tokens", type=int, default=None,
                         help="fail unless this many KV-cache tokens fit (default: min(context, 2048))")
@@ -298,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_preset(args.preset)
         gpus = args.gpus or f"{preset.resources.gpus}x{preset.resources.gpu_memory}"
-        result = plan(preset, gpus, dtype=args.dtype, reserve=args.reserve, min_tokens=args.min_tokens)
+        result = plan(preset, gpus, dtype=args.dtype, reserve=args.reserve, min_tokens=args.min_tokens,
+                      quantization=args.quantization)
     except (PlanError, PresetError) as exc:
         print(f"plan failed: {exc}", file=sys.stderr)
         return 2
