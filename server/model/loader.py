@@ -158,7 +158,7 @@ def load(s: Settings) -> LoadedModel:
             raise
         # e.g. a max_memory that offloads layers to the CPU: quanto quantizes on the accelerator
         raise ModelLoadError(f"QUANTIZATION={s.quantization} cannot load this model here: {exc}") from exc
-    quantized = sum(1 for _ in quantize.quantized_modules(model))
+    quantized = quantize.prepare(model, s.quantization)
     if qconfig is not None and not quantized:
         raise ModelLoadError(f"QUANTIZATION={s.quantization}: this model has no linear layers quanto can "
                              "quantize (torch.nn.Linear); serve it with QUANTIZATION=none")

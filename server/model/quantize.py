@@ -96,6 +96,33 @@ def quantized_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def _outside_inference_mode(module: nn.Module) -> None:
+    """Run the module's forward with autograd off but outside `torch.inference_mode`.
+
+    quanto's int4 weights (WeightQBitsTensor) fail under inference mode ("Cannot set
+    version_counter for inference tensor": transposing the weight makes a view of it), and the
+    engine runs its steps under inference mode. Inputs that are inference tensors are fine to read
+    in normal mode; the output is an ordinary tensor."""
+    inner = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled():
+            return inner(*args, **kwargs)
+        with torch.inference_mode(False), torch.no_grad():
+            return inner(*args, **kwargs)
+
+    module.forward = forward
+
+
+def prepare(model: nn.Module, quantization: str) -> int:
+    """After loading: make the quantized layers usable by the engine; returns how many there are."""
+    layers = [m for _, m in quantized_modules(model)]
+    if quantization == "int4":
+        for module in layers:
+            _outside_inference_mode(module)
+    return len(layers)
+
+
 def _tensor_bytes(t: torch.Tensor) -> int:
     """Storage a tensor really holds: quanto's weights are wrapper subclasses whose bytes live in
     inner tensors (int8/packed int4 data, scales, shifts); `element_size()` would report float."""

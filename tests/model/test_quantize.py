@@ -1,0 +1,103 @@
+"""QUANTIZATION: what can be served is quantized by optimum-quanto at load; the rest is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from server.config import ConfigError, Settings
+from server.model import loader, quantize
+from server.model.cpu_kernels import _onednn_forward, onednn_works
+from tests.model.test_loader import _tiny_model_dir
+
+
+@pytest.mark.parametrize(("q", "kw", "ok", "needle"), [
+    ("none", {"cuda": False}, True, ""),
+    ("int8", {"cuda": False}, True, ""),
+    ("int4", {"cuda": False}, True, ""),
+    ("fp8", {"cuda": False}, False, "no CPU kernel"),
+    ("fp8", {"cuda": True, "capability": (7, 5)}, False, "compute capability 8.0"),
+    ("fp8", {"cuda": True, "capability": (9, 0)}, True, ""),
+    ("int8", {"cuda": False, "gguf": True}, False, "GGUF"),
+    ("int3", {"cuda": False}, False, "must be one of"),
+])
+def test_support(q: str, kw: dict, ok: bool, needle: str) -> None:
+    result = quantize.support(q, **kw)
+    assert result.ok is ok
+    assert needle in result.reason
+
+
+def test_refused_before_loading_with_the_reason() -> None:
+    assert issubclass(quantize.QuantizationError, ConfigError)  # `python -m server` reports it
+    with pytest.raises(quantize.QuantizationError, match="GGUF"):
+        loader.load(Settings(model_path="/nonexistent/model.gguf", quantization="int8"))
+    if not torch.cuda.is_available():
+        with pytest.raises(quantize.QuantizationError, match="fp8 weights have no CPU kernel"):
+            loader.check_quantization(Settings(quantization="fp8"))
+
+
+def test_weight_bytes_counts_quantized_storage() -> None:
+    from optimum.quanto import freeze, qint4, qint8
+    from optimum.quanto import quantize as quanto_quantize
+
+    def layer() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(256, 512, bias=False))
+
+    fp32 = quantize.weight_bytes(layer())
+    assert fp32 == 256 * 512 * 4
+    for qtype, ratio in ((qint8, 4), (qint4, 8)):
+        m = layer()
+        quanto_quantize(m, weights=qtype)
+        freeze(m)
+        assert [n for n, _ in quantize.quantized_modules(m)] == ["0"]
+        got = quantize.weight_bytes(m)
+        # the data plus scales: int8 one per row; int4 a float32 scale and shift per 128 weights
+        assert fp32 / ratio <= got < fp32 / ratio * 1.15
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("q", ["int8", "int4"])
+def test_load_quantized_tiny_model(tiny: Path, q: str) -> None:
+    from optimum.quanto import QLinear
+
+    full = loader.load(Settings(model_path=str(tiny)))
+    loaded = loader.load(Settings(model_path=str(tiny), quantization=q))
+    assert loaded.quantization == q
+    layers = dict(quantize.quantized_modules(loaded.model))
+    assert len(layers) == 2 * 7  # q/k/v/o + gate/up/down in each of the 2 decoder layers
+    assert all(isinstance(m, QLinear) and m.frozen for m in layers.values())
+    assert type(loaded.model.lm_head) is nn.Linear  # the LM head stays in float (quality)
+    assert loaded.weight_bytes < full.weight_bytes
+    # CPU_LINEAR=onednn (the default) routes only plain float32 nn.Linear: quanto keeps its kernels
+    assert not any(getattr(m.forward, "__func__", None) is _onednn_forward for m in layers.values())
+    if onednn_works():
+        assert "forward" in loaded.model.lm_head.__dict__
+    ids = torch.tensor([[65, 3, 4, 5]])
+    with torch.inference_mode():  # the engine's mode (quanto's int4 alone fails in it)
+        out = loaded.model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=66)
+        logits_q, logits = loaded.model(ids).logits, full.model(ids).logits
+    assert out.shape == (1, 8)
+    assert torch.isfinite(logits_q).all()
+    assert (logits_q - logits).abs().max() < 0.5 * logits.abs().max()  # close, not equal
+
+
+@pytest.mark.model
+def test_model_without_linear_layers_is_refused(tmp_path: Path) -> None:
+    """GPT-2 keeps its projections in Conv1D, which quanto does not quantize: refused, not ignored."""
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=67, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    _tiny_model_dir(tmp_path)  # borrow its tokenizer files
+    for f in (tmp_path / "tiny").glob("tokenizer*"):
+        (tmp_path / "gpt2" / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(loader.ModelLoadError, match="no linear layers quanto can quantize"):
+        loader.load(Settings(model_path=str(tmp_path / "gpt2"), quantization="int8"))
