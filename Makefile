@@ -9,7 +9,7 @@ MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench soak clean image image-test plan clients browser
+.PHONY: install model run test lint bench bench-quality bench-gpu soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,14 @@ lint: install
 bench: install model
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Perplexity, top-1 agreement with float32 and weight memory for QUANTIZATION=none,int8,int4.
+bench-quality: install model
+	$(PY) -m bench.quality $(QUALITY_ARGS)
+
+# The server on a real model shape with random weights (one GPU; `GPU_BENCH_ARGS="--shape 1b"` is quick).
+bench-gpu: install
+	$(PY) -m bench.gpu bench/results $(GPU_BENCH_ARGS)
+
 # Load at 2x capacity for SOAK_ARGS (default --duration 60); reports status codes, latencies, RSS.
 soak: install model
 	$(PY) -m tools.soak $(SOAK_ARGS)
@@ -68,7 +76,7 @@ image-test: install
 	deploy/image/image-test.sh
 
 plan: install
-	$(PY) -m server.plan --preset $(PRESET) $(if $(GPUS),--gpus $(GPUS))
+	$(PY) -m server.plan --preset $(PRESET) $(if $(GPUS),--gpus $(GPUS)) $(if $(QUANTIZATION),--quantization $(QUANTIZATION))
 
 clean:
 	rm -rf $(VENV) $(CLIENTS_VENV) .cache models bench/results
