@@ -67,12 +67,15 @@ def decode_ms(model: Any, batch: int, steps: int, prompt: int = 32) -> float:
 
 def measure(model_dir: str, quantizations: list[str], window: int = 512, max_tokens: int | None = None,
             speed_steps: int = 0) -> dict[str, Any]:
-    """One row per quantization; float32 ("none") is the reference and is always measured first."""
+    """One row per quantization; float32 ("none") is the reference and is always measured first.
+    `int8:down_proj` means QUANTIZATION=int8 QUANTIZATION_SKIP=down_proj."""
     quantizations = ["none", *[q for q in quantizations if q != "none"]]
     rows: list[dict[str, Any]] = []
     ref_top1: torch.Tensor | None = None
     for q in quantizations:
-        loaded = loader.load(Settings(model_path=model_dir, quantization=q, torch_dtype="float32"))
+        name, _, skip = q.partition(":")
+        loaded = loader.load(Settings(model_path=model_dir, quantization=name, torch_dtype="float32",
+                                      quantization_skip=tuple(filter(None, skip.split("+")))))
         ids = token_ids(loaded.tokenizer, max_tokens)
         nll, top1 = teacher_forced(loaded.model, ids, window)
         if ref_top1 is None:
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default=str(MODEL_DIR))
-    parser.add_argument("--quantizations", default="none,int8,int4")
+    parser.add_argument("--quantizations", default="none,int8,int4,int8:down_proj",
+                        help="QUANTIZATION values; `int8:a+b` also keeps modules a and b unquantized")
     parser.add_argument("--window", type=int, default=512, help="tokens per teacher-forced forward")
     parser.add_argument("--max-tokens", type=int, default=None, help="only the text's first N tokens")
     parser.add_argument("--speed-steps", type=int, default=0,

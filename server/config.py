@@ -36,6 +36,7 @@ class Settings:
     served_model_name: str = DEFAULT_PRESET
     torch_dtype: str = "auto"
     quantization: str = "none"
+    quantization_skip: tuple[str, ...] = ()  # module names kept in full precision (besides lm_head)
     device_map: str = "auto"
     max_memory: dict[str, str] = field(default_factory=dict)
     chat_template: str | None = None
@@ -108,6 +109,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "SERVED_MODEL_NAME": ("served_model_name", str),
     "TORCH_DTYPE": ("torch_dtype", str),
     "QUANTIZATION": ("quantization", str),
+    "QUANTIZATION_SKIP": ("quantization_skip", _csv),
     "DEVICE_MAP": ("device_map", str),
     "MAX_MEMORY": ("max_memory", _max_memory),
     "CHAT_TEMPLATE": ("chat_template", str),

@@ -74,3 +74,8 @@ def test_quantization_setting_and_preset() -> None:
     assert load_settings({"QUANTIZATION": "int8"}).quantization == "int8"
     with pytest.raises(ConfigError, match="QUANTIZATION must be one of"):
         load_settings({"QUANTIZATION": "int3"})
+
+
+def test_quantization_skip_is_a_list() -> None:
+    s = load_settings({"QUANTIZATION_SKIP": "down_proj, o_proj"})
+    assert s.quantization_skip == ("down_proj", "o_proj")

@@ -146,7 +146,7 @@ def load(s: Settings) -> LoadedModel:
         common["gguf_file"] = gguf
     dtype = resolve_dtype(s.torch_dtype, cuda, gguf is not None)
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
-    qconfig = quantize.quantization_config(s.quantization)
+    qconfig = quantize.quantization_config(s.quantization, s.quantization_skip)
     if qconfig is not None:
         common["quantization_config"] = qconfig
     try:

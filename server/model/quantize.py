@@ -76,13 +76,15 @@ def check(quantization: str, *, cuda: bool, gguf: bool = False) -> None:
         raise QuantizationError(result.reason)
 
 
-def quantization_config(quantization: str) -> Any | None:
-    """transformers' QuantoConfig for `from_pretrained`, or None for full precision."""
+def quantization_config(quantization: str, skip: tuple[str, ...] = ()) -> Any | None:
+    """transformers' QuantoConfig for `from_pretrained`, or None for full precision. `skip`: more
+    modules to keep in full precision (names or name parts, e.g. `down_proj`) besides the LM head."""
     if quantization == "none":
         return None
     from transformers import QuantoConfig
 
-    return QuantoConfig(weights=QUANTO_WEIGHTS[quantization])
+    extra = {"modules_to_not_convert": ["lm_head", *skip]} if skip else {}
+    return QuantoConfig(weights=QUANTO_WEIGHTS[quantization], **extra)
 
 
 def quantized_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

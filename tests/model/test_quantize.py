@@ -101,3 +101,12 @@ def test_model_without_linear_layers_is_refused(tmp_path: Path) -> None:
         (tmp_path / "gpt2" / f.name).write_bytes(f.read_bytes())
     with pytest.raises(loader.ModelLoadError, match="no linear layers quanto can quantize"):
         loader.load(Settings(model_path=str(tmp_path / "gpt2"), quantization="int8"))
+
+
+@pytest.mark.model
+def test_quantization_skip_keeps_named_modules_in_float(tiny: Path) -> None:
+    settings = Settings(model_path=str(tiny), quantization="int8", quantization_skip=("down_proj",))
+    loaded = loader.load(settings)
+    names = [n for n, _ in quantize.quantized_modules(loaded.model)]
+    assert len(names) == 2 * 6 and not any("down_proj" in n for n in names)
+    assert type(loaded.model.model.layers[0].mlp.down_proj) is nn.Linear
