@@ -62,7 +62,7 @@ def metrics_endpoint() -> Response:
     if metrics.wants_prometheus(request.headers.get("Accept", "")):
         body, content_type = metrics.prometheus_exposition(request.headers.get("Accept", ""))
         return Response(body, content_type=content_type)
-    engine = _engine()
+    engine = current_engine()
     loaded = engine.loaded
     return jsonify(metrics.kaito_system_metrics({
         "name": engine.settings.served_model_name,
