@@ -51,6 +51,7 @@ REFUSED: dict[str, str] = {
                 "in a preset (presets/*.yaml) and bake it into the image instead",
 }
 DEFAULT_VALUES = {"revision": "main"}  # Kaito's default: passing it changes nothing
+REFUSED_SWITCHES = ("from_tf",)  # booleans: refused only when true
 
 
 def _truthy(value: str | None) -> bool:
@@ -68,9 +69,9 @@ def _truthy(value: str | None) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m server", description="Start the inferbox server.",
                                      allow_abbrev=False)
-    for flag in (*VALUE_FLAGS, *NO_EFFECT_VALUES, *REFUSED):
+    for flag in (*VALUE_FLAGS, *NO_EFFECT_VALUES, *(f for f in REFUSED if f not in REFUSED_SWITCHES)):
         parser.add_argument(f"--{flag}", dest=flag, default=None)
-    for flag in (*SWITCHES, *QUANTIZATION_SWITCHES, *NO_EFFECT_SWITCHES):
+    for flag in (*SWITCHES, *QUANTIZATION_SWITCHES, *NO_EFFECT_SWITCHES, *REFUSED_SWITCHES):
         parser.add_argument(f"--{flag}", dest=flag, nargs="?", const="true", default=None)
     return parser
 
@@ -92,7 +93,10 @@ def flags_to_env(argv: list[str]) -> dict[str, str]:
         )
     for flag, reason in REFUSED.items():
         value = getattr(args, flag)
-        if value is not None and value != DEFAULT_VALUES.get(flag):
+        if flag in REFUSED_SWITCHES:
+            if _truthy(value):
+                raise ConfigError(f"--{flag} is not supported: {reason}")
+        elif value is not None and value != DEFAULT_VALUES.get(flag):
             raise ConfigError(f"--{flag} {value} is not supported: {reason}")
     env: dict[str, str] = {}
     for flag, var in VALUE_FLAGS.items():

@@ -30,6 +30,7 @@ def test_quantization_flags(argv: list[str], want: str | None) -> None:
     (["--load_in_8bit", "--quantization", "int4"], "contradicts"),
     (["--revision", "refs/pr/1"], "--revision"),
     (["--from_tf", "true"], "TensorFlow"),
+    (["--from_tf"], "TensorFlow"),
     (["--attn_implementation", "eager"], "--attn_implementation"),
     (["--load_in_8"], "--load_in_8"),  # no prefix matching: a typo is refused, not guessed
     (["--trust_remote_code", "perhaps"], "not a boolean"),
@@ -40,7 +41,8 @@ def test_flags_that_change_the_model_are_refused(argv: list[str], needle: str) -
 
 
 def test_flags_without_effect_are_listed_for_a_warning() -> None:
-    argv = ["--revision", "main", "--cache_dir", "/tmp/c", "--force_download", "--num_processes", "1"]
+    argv = ["--revision", "main", "--from_tf", "false", "--cache_dir", "/tmp/c", "--force_download",
+            "--num_processes", "1"]
     env = flags_to_env(argv)
     assert env["_INFERBOX_IGNORED_FLAGS"].split() == ["--cache_dir", "--num_processes", "--force_download"]
     assert "QUANTIZATION" not in env
