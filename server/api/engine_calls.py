@@ -31,7 +31,14 @@ from server.observability import access_log, metrics
 
 
 def require_ready(engine: Engine) -> None:
-    """503 (with Retry-After) until the model is loaded, before anything touches the tokenizer."""
+    """503 (with Retry-After) until the model is loaded, before anything touches the tokenizer;
+    400 when the served model is not a chat model (an embedding model, a custom handler)."""
+    kind = getattr(engine, "kind", "chat")
+    if kind != "chat":
+        what = "an embedding model" if kind == "embedding" else "a custom model handler"
+        raise ApiError(400, f"this server serves {what}, not a text generation model; use "
+                       f"{'/v1/embeddings, /embed or /predict' if kind == 'embedding' else '/predict'}",
+                       kind="unsupported_model")
     if engine.limits is None or engine.loaded is None:
         raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
     if engine.draining:

@@ -64,17 +64,24 @@ dialect = Dialect("openai", _error, invalid=_invalid, defaults=OPENAI_DEFAULTS, 
 bp = dialect.bp
 
 
+def _card(model_id: str) -> dict[str, Any]:
+    card = {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "inferbox"}
+    kind = getattr(_engine(), "kind", "chat")
+    if kind != "chat":  # an embedding model (or a custom handler) says so
+        card["type"] = kind
+    return card
+
+
 @bp.get("/models")
 def models() -> Response:
-    return jsonify({"object": "list", "data": [
-        {"id": _served_name(), "object": "model", "created": _CREATED, "owned_by": "inferbox"}]})
+    return jsonify({"object": "list", "data": [_card(_served_name())]})
 
 
 @bp.get("/models/<path:model_id>")
 def model(model_id: str) -> Response:
     if model_id != _served_name():
         raise ApiError(404, f"The model `{model_id}` does not exist", param="model", kind="model_not_found")
-    return jsonify({"id": model_id, "object": "model", "created": _CREATED, "owned_by": "inferbox"})
+    return jsonify(_card(model_id))
 
 
 # ---------------------------------------------------------------- translation to engine requests

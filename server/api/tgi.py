@@ -71,6 +71,10 @@ bp = dialect.bp
 @bp.get("/info")
 def info() -> Response:
     engine = current_engine()
+    if getattr(engine, "kind", "chat") != "chat":  # text-embeddings-inference's /info shape
+        from server.api.handler_calls import info as handler_info
+
+        return jsonify(handler_info(engine))
     settings = engine.settings
     loaded, limits = engine.loaded, engine.limits
     context = limits.context_length if limits else 0

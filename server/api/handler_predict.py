@@ -1,0 +1,84 @@
+"""MosaicML `/predict` and `/predict_stream` (also under `/v1/`) on a handler-served model kind:
+the built-in embedding kind or a user's model handler (translation only).
+
+Every input of `{"inputs": [...], "parameters": {...}}` becomes one `{"input", "parameters"}` model
+request; concurrent requests' inputs share `predict` calls, and each caller gets its outputs back
+in input order as `{"outputs": [...]}`. `/predict_stream` calls the handler's
+`predict_stream(input=..., parameters=...)` and sends each chunk as one NDJSON line
+`{"outputs": ["<chunk>"]}`. Errors are MosaicML's `{"error": message, "code": status}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.api import handler_calls
+from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer, render
+from server.api.streaming import ndjson
+from server.handlers.service import HandlerEngine
+
+bp = Blueprint("mosaic_handler", __name__)
+
+
+class HandlerPredictRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: list[Any] = Field(..., min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def _mosaic(exc: ApiError) -> Response:
+    return render("mosaic", exc)  # MosaicML's error shape, as on the chat engine
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    return _mosaic(exc)
+
+
+register_renderer(bp.name, _mosaic)
+
+
+def _read(limit: int | None = None) -> tuple[HandlerEngine, HandlerPredictRequest]:
+    engine: HandlerEngine = current_app.extensions["inferbox.engine"]
+    try:
+        body = HandlerPredictRequest.model_validate(read_json_object(request))
+    except ValidationError as exc:
+        raise ApiError(400, pydantic_message(exc)) from None
+    most = limit or engine.settings.max_client_batch_size
+    if len(body.inputs) > most:
+        raise ApiError(400, f"inputs: at most {most} inputs per request (MAX_CLIENT_BATCH_SIZE)"
+                       if limit is None else f"inputs: /predict_stream takes exactly {limit} input")
+    return engine, body
+
+
+@bp.post("/predict")
+@bp.post("/v1/predict")
+def predict() -> Response:
+    engine, body = _read()
+    reqs = [{"input": x, "parameters": dict(body.parameters)} for x in body.inputs]
+    outputs, _ = handler_calls.run(engine, reqs)  # type: ignore[arg-type]
+    return jsonify({"outputs": outputs})
+
+
+@bp.post("/predict_stream")
+@bp.post("/v1/predict_stream")
+def predict_stream() -> Response:
+    engine, body = _read(limit=1)
+    chunks = handler_calls.stream(engine, {"input": body.inputs[0], "parameters": dict(body.parameters)})
+
+    def lines() -> Iterator[str]:
+        try:
+            for chunk in chunks:
+                if chunk:
+                    yield ndjson({"outputs": [chunk]})
+        except Exception as exc:  # a handler failing mid-stream: one error line, then the end
+            err = handler_calls.to_api_error(exc)
+            yield ndjson({"error": err.message, "code": err.status})
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,172 @@
+"""One thread that owns the handler: concurrent inputs share `predict` calls.
+
+Inputs wait in one FIFO. When the thread is idle it waits `BATCH_WINDOW_MS` for simultaneous
+arrivals, then takes inputs in arrival order while the batch stays within `MAX_BATCH_SIZE` rows and
+`MAX_BATCH_TOKENS` (rows x the longest input's tokens, i.e. counted with padding; an input larger
+than the budget still runs, alone). Inputs whose caller went away or whose deadline passed are
+skipped. A `predict` that raises fails every input of that batch, and the thread keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.scheduler import EngineUnavailable, QueueFull
+from server.handlers.base import HandlerFailure, ModelRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One input of one HTTP request, waiting for its output."""
+
+    request: ModelRequest
+    cost: int
+    deadline: float
+    arrival: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    output: Any = None
+    error: HandlerFailure | None = None
+    expired: bool = False
+    cancelled: bool = False
+
+
+class PredictBatcher:
+    def __init__(self, handler: Any, max_batch_size: int = 32, max_batch_tokens: int = 16384,
+                 window_s: float = 0.005, max_queued: int = 256,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.handler = handler
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.window_s = window_s
+        self.max_queued = max_queued
+        self.on_batch = on_batch
+        self.running = 0  # rows in the predict call now running
+        self.batches = 0  # predict calls made
+        self.model_lock = threading.Lock()  # one model call at a time: a batch or a stream's next chunk
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="predict-batcher", daemon=True)
+
+    # ------------------------------------------------------------------ the HTTP side
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue every input of one request, or none of them."""
+        with self._cond:
+            if self._stopping or not self._thread.is_alive():
+                raise EngineUnavailable("the engine is not running")
+            if len(self._waiting) + len(jobs) > self.max_queued and self._waiting:
+                raise QueueFull(f"{len(self._waiting)} inputs are waiting (MAX_QUEUED_REQUESTS="
+                                f"{self.max_queued})")
+            self._waiting.extend(jobs)
+            self._cond.notify()
+
+    def stream(self, fn: Callable[..., Any], request: dict[str, Any]) -> Iterator[Any]:
+        """A handler's `predict_stream(**request)`, advanced one chunk at a time under the model lock
+        so it takes turns with the batches instead of oversubscribing the device."""
+        it = iter(fn(**request))
+        while True:
+            with self.model_lock:
+                try:
+                    chunk = next(it)
+                except StopIteration:
+                    return
+            yield chunk
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; the thread ends once what is queued is done."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def fail_waiting(self, message: str) -> None:
+        with self._cond:
+            jobs, self._waiting = list(self._waiting), deque()
+        for job in jobs:
+            job.error = HandlerFailure(self.handler, RuntimeError(message))
+            job.done.set()
+
+    # ------------------------------------------------------------------ the batch thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                self._gather()
+                batch = self._take()
+            if batch:
+                self._predict(batch)
+
+    def _gather(self) -> None:
+        """Idle engine: give simultaneous arrivals a moment to join this batch."""
+        end = time.monotonic() + self.window_s
+        while len(self._waiting) < self.max_batch_size and not self._stopping:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+
+    def _take(self) -> list[Job]:
+        batch: list[Job] = []
+        widest = 0
+        now = time.monotonic()
+        while self._waiting and len(batch) < self.max_batch_size:
+            job = self._waiting[0]
+            if job.cancelled or now > job.deadline:
+                self._waiting.popleft()
+                job.expired = not job.cancelled
+                job.done.set()
+                continue
+            w = max(widest, job.cost)
+            if batch and w * (len(batch) + 1) > self.max_batch_tokens:
+                break
+            batch.append(self._waiting.popleft())
+            widest = w
+        return batch
+
+    def _predict(self, batch: list[Job]) -> None:
+        started = time.monotonic()
+        self.running = len(batch)
+        try:
+            with self.model_lock:
+                outputs = self.handler.predict([j.request for j in batch])
+            if not isinstance(outputs, (list, tuple)) or len(outputs) != len(batch):
+                got = len(outputs) if isinstance(outputs, (list, tuple)) else type(outputs).__name__
+                raise RuntimeError(f"predict returned {got} outputs for {len(batch)} inputs")
+            for job, out in zip(batch, outputs, strict=True):
+                job.output = out
+        except Exception as exc:  # the batch fails, the thread keeps serving
+            failure = HandlerFailure(self.handler, exc)
+            # type only: a handler's message may quote its input, which must never reach the logs
+            log.warning("predict failed for a batch of %d: %s", len(batch), type(exc).__name__)
+            for job in batch:
+                job.error = failure
+        finally:
+            self.running = 0
+            self.batches += 1
+            for job in batch:
+                job.done.set()
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.monotonic() - started)

@@ -1,0 +1,151 @@
+"""The engine of a handler-served model kind (embeddings, a user's MosaicML handler), with the same
+surface the guard, `/health`, the drain and the metrics use for the chat engine: `loaded`,
+`healthy`, `draining`, `load_error`, `scheduler` (queue depth, running rows) and `drain()`.
+
+The handler is built on a background thread after gunicorn forks, like the chat model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from server.config import Settings
+from server.engine.scheduler import EngineUnavailable
+from server.handlers import loading
+from server.handlers.base import HandlerFailure, ModelRequest, iterate, stream_of
+from server.handlers.batcher import Job, PredictBatcher
+from server.observability import metrics
+
+log = logging.getLogger(__name__)
+
+
+class HandlerTimeout(RuntimeError):
+    """An input was not answered before REQUEST_TIMEOUT_S."""
+
+
+class HandlerEngine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kind = settings.model_kind
+        self.loaded: Any = None  # the handler, once built
+        self.scheduler: PredictBatcher | None = None
+        self.limits = None  # no generation limits: the generation endpoints refuse this kind
+        self.load_error: str | None = None
+        self.draining = False
+        self._ready = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, background: bool = True) -> None:
+        if background:
+            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            import torch
+
+            if self.settings.torch_threads > 0:
+                torch.set_num_threads(self.settings.torch_threads)
+            handler = loading.build(self.settings)
+            s = self.settings
+            batcher = PredictBatcher(handler, max_batch_size=s.max_batch_size,
+                                     max_batch_tokens=s.max_batch_tokens, window_s=s.batch_window_ms / 1000.0,
+                                     max_queued=s.max_queued_requests, on_batch=self._on_batch)
+            batcher.start()
+            self.scheduler = batcher
+            self.loaded = handler
+            self._ready.set()
+            threading.Thread(target=self._watch, name="batcher-watchdog", daemon=True).start()
+            log.info("model handler %s ready (%s)", type(handler).__qualname__, self.kind)
+        except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model handler failed to load")
+
+    @staticmethod
+    def _on_batch(rows: int, seconds: float) -> None:
+        metrics.record_step("predict", rows, seconds)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return self._ready.is_set() and self.scheduler is not None and self.scheduler.alive
+
+    def _watch(self, period: float = 0.5) -> None:
+        sched = self.scheduler
+        while sched is not None and not self.draining and sched.alive:
+            time.sleep(period)
+        if sched is not None and not self.draining:
+            log.critical("the batch thread died; /health reports 503; failing waiting inputs")
+            sched.fail_waiting("the engine stopped unexpectedly")
+
+    def drain(self, timeout: float | None = None) -> None:
+        self.draining = True
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout)
+
+    # ------------------------------------------------------------------ request path
+    @property
+    def handler(self) -> Any:
+        if self.loaded is None or self.scheduler is None:
+            raise EngineUnavailable("the model is not loaded yet")
+        if self.draining:
+            raise EngineUnavailable("the server is shutting down")
+        return self.loaded
+
+    def describe(self) -> dict[str, Any]:
+        handler = self.loaded
+        fn = getattr(handler, "describe", None)
+        info = dict(fn()) if callable(fn) else {}
+        info.setdefault("kind", self.kind)
+        info.setdefault("handler", type(handler).__module__ + "." + type(handler).__qualname__
+                        if handler is not None else None)
+        return info
+
+    def cost(self, request: ModelRequest) -> int:
+        """The input's tokens (handlers that count them) or 1; the handler's `cost` validates."""
+        handler = self.handler
+        fn = getattr(handler, "cost", None)
+        if not callable(fn):
+            return 1
+        try:
+            return max(1, int(fn(request)))
+        except Exception as exc:
+            raise HandlerFailure(handler, exc) from exc
+
+    def run(self, requests: list[ModelRequest], costs: list[int] | None = None) -> list[Any]:
+        """Queue every input (batched with everyone else's), wait for all; outputs in input order.
+        Raises HandlerFailure, HandlerTimeout, QueueFull or EngineUnavailable."""
+        self.handler  # noqa: B018 - raises while loading or draining
+        assert self.scheduler is not None
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        costs = costs or [1] * len(requests)
+        jobs = [Job(r, c, deadline) for r, c in zip(requests, costs, strict=True)]
+        self.scheduler.submit(jobs)
+        try:
+            for job in jobs:
+                if not job.done.wait(max(0.0, deadline - time.monotonic()) + 5.0) or job.expired:
+                    limit = self.settings.request_timeout_s
+                    raise HandlerTimeout(f"no answer within REQUEST_TIMEOUT_S={limit:g}s")
+                if job.error is not None:
+                    raise job.error
+            return [job.output for job in jobs]
+        finally:
+            for job in jobs:
+                job.cancelled = True  # no-op when done; skipped in the queue otherwise
+
+    def can_stream(self) -> bool:
+        return stream_of(self.handler) is not None
+
+    def stream(self, request: dict[str, Any]) -> Iterator[str]:
+        """The handler's `predict_stream(**request)` as text chunks (HandlerFailure on error)."""
+        handler = self.handler
+        fn = stream_of(handler)
+        assert fn is not None and self.scheduler is not None
+        return iterate(handler, self.scheduler.stream(fn, request))
