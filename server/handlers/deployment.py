@@ -2,7 +2,9 @@
 
 Only the model section matters here: `model.model_handler` (the class), `model.model_parameters`
 (its constructor's keyword arguments) and `model.download_parameters.hf_path`, read as a local path
-(this server downloads nothing at start) and served as MODEL_PATH.
+(this server downloads nothing at start) and served as MODEL_PATH: a handler whose constructor takes
+`model_name_or_path` and whose parameters do not set it gets that folder. The YAML's own folder is
+searched for the handler's module (unless MODEL_HANDLER_DIR says otherwise).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def read_deployment(path: str) -> dict[str, Any]:
     except (yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"DEPLOYMENT_YAML {path} is not a MosaicML deployment: {exc}") from None
     out: dict[str, Any] = {"model_handler": dep.model.model_handler,
-                           "model_parameters": dict(dep.model.model_parameters)}
+                           "model_parameters": dict(dep.model.model_parameters),
+                           # a handler module may sit beside its YAML
+                           "model_handler_dir": str(Path(path).resolve().parent)}
     hf_path = dep.model.download_parameters.hf_path
     if hf_path:
         local = Path(hf_path)

