@@ -51,7 +51,7 @@ def _error_type(exc: ApiError) -> tuple[int, str]:
         return 503, "unavailable"
     if exc.status >= 500:
         return 424, "generation"
-    if exc.kind == "adapters":
+    if exc.kind in ("adapters", "unsupported_model"):  # a request this server cannot serve at all
         return 400, "validation"
     if exc.status == 400:
         return 422, "validation"

@@ -1,7 +1,7 @@
 """Drive a real client library against a running server; print one JSON object of what it saw.
 
 Runs in .venv-clients (text-generation, lorax-client and mosaicml-cli pin huggingface-hub<1.0, which
-the server's venv cannot hold): `python run_client.py <tgi|lorax|mcli> <base_url>`. The pytest side
+the server's venv cannot hold): `python run_client.py <tgi|lorax|mcli|mcli_embed> <base_url>`. The pytest side
 (tests/integration/test_real_clients.py) asserts on the output.
 """
 
@@ -77,6 +77,22 @@ def mcli(url: str) -> dict[str, Any]:
     return out
 
 
+INSTRUCTION = "Represent the Science title:"
+TITLES = ["3D ActionSLAM: wearable person tracking in multi-floor environments",
+          "The capital of France is Paris."]
+
+
+def mcli_embed(url: str) -> dict[str, Any]:
+    """An embedding model behind /predict, as MosaicML served instructor-large."""
+    from mcli import predict
+
+    pairs = {"inputs": [[INSTRUCTION, t] for t in TITLES]}
+    out: dict[str, Any] = {"pairs": predict(url, pairs, timeout=TIMEOUT)}
+    out["plain"] = predict(url, {"inputs": TITLES}, timeout=TIMEOUT)
+    out["bad_pair"] = _err(lambda: predict(url, {"inputs": [["only one"]]}, timeout=TIMEOUT))
+    return out
+
+
 if __name__ == "__main__":
     which, base = sys.argv[1], sys.argv[2]
-    print(json.dumps({"tgi": tgi, "lorax": lorax, "mcli": mcli}[which](base)))
+    print(json.dumps({"tgi": tgi, "lorax": lorax, "mcli": mcli, "mcli_embed": mcli_embed}[which](base)))
