@@ -23,8 +23,18 @@ CONVERSATION = [
 ]
 
 
+EMBEDDING_PRESETS = {"all-minilm-l6-v2", "instructor-large", "bge-base-en-v1.5"}
+
+
 def test_every_model_has_a_preset():
     assert ISSUE_PRESETS <= set(list_presets())
+    assert EMBEDDING_PRESETS <= set(list_presets())
+    assert {n for n in list_presets() if load_preset(n).kind == "embedding"} == EMBEDDING_PRESETS
+
+
+def test_instructor_leaves_the_instruction_out_of_pooling():
+    assert load_preset("instructor-large").embedding.include_prompt is False
+    assert load_preset("bge-base-en-v1.5").embedding.include_prompt is True
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -35,7 +45,7 @@ def test_preset_loads_and_is_pinned(name):
     if p.source == "hub":
         assert len(p.revision) == 40 and int(p.revision, 16) >= 0
     assert p.dtype in ("float16", "bfloat16", "float32")
-    assert p.context_length >= 2048
+    assert p.context_length >= (2048 if p.kind == "chat" else 256)  # embedding models read less
     assert p.resources.gpus >= 1
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.api import (
+    embeddings_protocol,
     kaito_protocol,
     mosaic_protocol,
     openai_protocol,
@@ -90,6 +91,7 @@ def document() -> dict[str, Any]:
         tgi_protocol.GenerateRequest, tgi_protocol.CompatRequest, mosaic_protocol.PredictRequest,
         mosaic_protocol.PredictStreamRequest, responses_protocol.ResponsesRequest,
         tokenize_protocol.TokenizeRequest, tokenize_protocol.DetokenizeRequest,
+        embeddings_protocol.EmbeddingRequest, embeddings_protocol.EmbedRequest,
     ]
     responses: list[type[BaseModel]] = [
         openai_protocol.ChatCompletion, openai_protocol.Completion, openai_protocol.ModelList,
@@ -98,6 +100,7 @@ def document() -> dict[str, Any]:
         mosaic_protocol.PredictResponse, mosaic_protocol.PredictStreamChunk, mosaic_protocol.ErrorResponse,
         responses_protocol.ResponseObject, responses_protocol.StreamEvent, tokenize_protocol.TokenizeResponse,
         tokenize_protocol.DetokenizeResponse,
+        embeddings_protocol.EmbeddingResponse, embeddings_protocol.EmbedError,
     ]
     keys, defs = models_json_schema([(m, "validation") for m in requests]
                                     + [(m, "serialization") for m in responses], ref_template=_REF)
@@ -230,6 +233,13 @@ def document() -> dict[str, Any]:
         "/v1/predict": predict,
         "/predict_stream": predict_stream,
         "/v1/predict_stream": predict_stream,
+        # embedding models only (400 on a chat model); README "Embeddings and model handlers"
+        "/v1/embeddings": post("OpenAI embeddings", "openai", ref(embeddings_protocol.EmbeddingRequest),
+                               _json("vectors", out(embeddings_protocol.EmbeddingResponse)), oa_err),
+        "/embed": post("text-embeddings-inference embed", "tei", ref(embeddings_protocol.EmbedRequest),
+                       _json("one vector per input", {"type": "array", "items": {
+                           "type": "array", "items": {"type": "number"}}}),
+                       out(embeddings_protocol.EmbedError), ("400", "413", "422", "503")),
         "/openapi.json": get("This document", "meta", _json("OpenAPI 3.1 document")),
     }
     return {

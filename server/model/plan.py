@@ -157,7 +157,12 @@ def config_kwargs(arch: Architecture, context_length: int) -> dict[str, Any]:
             multi_query=a.num_key_value_heads == 1, ffn_hidden_size=a.intermediate_size,
             vocab_size=a.vocab_size, max_position_embeddings=context_length,
         )
-    else:  # llama, mistral, phi3, qwen2, ...: the common names
+    elif a.model_type == "t5":  # instructor: a T5 encoder (embedding presets)
+        kw = dict(
+            d_model=a.hidden_size, num_layers=a.num_hidden_layers, num_heads=a.num_attention_heads,
+            d_kv=a.head_dim, d_ff=a.intermediate_size, vocab_size=a.vocab_size,
+        )
+    else:  # llama, mistral, phi3, qwen2, bert, ...: the common names
         kw = dict(
             hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers,
             num_attention_heads=a.num_attention_heads, num_key_value_heads=a.num_key_value_heads,
@@ -173,7 +178,7 @@ def build_empty_model(preset: Preset, dtype: str) -> Any:
     """The model on the meta device: real module tree and parameter shapes, no memory."""
     import torch
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTextEncoding
 
     try:
         config = AutoConfig.for_model(
@@ -182,8 +187,10 @@ def build_empty_model(preset: Preset, dtype: str) -> Any:
     except ValueError as exc:
         raise PlanError(f"{preset.name}: transformers cannot build model_type "
                         f"{preset.architecture.model_type!r}: {exc}") from exc
+    # an embedding model is its encoder alone (T5: no decoder), with no LM head
+    auto = AutoModelForTextEncoding if preset.kind == "embedding" else AutoModelForCausalLM
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        model = auto.from_config(config, dtype=getattr(torch, dtype))
     model.tie_weights()
     return model
 

@@ -8,6 +8,7 @@ from its deployment YAML.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -124,9 +125,10 @@ def test_models_and_info_name_the_handler(counting: ServerProcess) -> None:
 def test_a_handler_that_does_not_exist_fails_at_start(tmp_path) -> None:
     env = {"MODEL_HANDLER": "no_such_package.handlers:Missing", "PORT": "0"}
     proc = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**__import__("os").environ, **env})
+                          timeout=120, env={**os.environ, **env})
     assert proc.returncode != 0
-    assert "MODEL_HANDLER='no_such_package.handlers:Missing': cannot import 'no_such_package.handlers'" in proc.stderr
+    assert ("MODEL_HANDLER='no_such_package.handlers:Missing': cannot import 'no_such_package.handlers'"
+            in proc.stderr)
 
 
 def test_example_handler_from_its_deployment_yaml(tmp_path_factory: pytest.TempPathFactory) -> None:
