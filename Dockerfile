@@ -2,6 +2,7 @@
 # inferbox image: weights baked in at /workspace/weights (Kaito's layout), gunicorn on :5000.
 #
 #   docker build -t inferbox .                                   # default preset, no hub download
+#   docker build --build-arg PRESET=all-minilm-l6-v2 -t inferbox:all-minilm-l6-v2 .   # embeddings, no hub
 #   docker build --build-arg PRESET=mistral-7b-instruct \
 #       --secret id=hf_token,env=HF_TOKEN -t inferbox:mistral .  # pinned revision from the hub
 #   docker run --gpus all -p 5000:5000 inferbox
@@ -38,7 +39,8 @@ FROM deps AS weights
 ARG PRESET
 WORKDIR /src
 COPY server/__init__.py server/presets.py server/
-COPY server/model/__init__.py server/model/convert.py server/model/fetch.py server/model/
+COPY server/model/__init__.py server/model/convert.py server/model/embedding_package.py server/model/fetch.py \
+     server/model/
 COPY presets/chat_templates/ presets/chat_templates/
 COPY presets/${PRESET}.yaml presets/
 RUN --mount=type=cache,target=/root/.cache/pip \

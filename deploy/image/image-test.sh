@@ -2,10 +2,13 @@
 # `make image-test`: build the real Dockerfile without a container engine and check that the image
 # serves /chat. Installs buildah and debootstrap itself; builds FROM a Debian base made with
 # debootstrap (cached in /var/cache/inferbox); runs the image with `buildah run`; asks the
-# capital-of-France question and expects "Paris". Every container and process it starts is removed.
+# capital-of-France question and expects "Paris". Then builds the embedding preset
+# (PRESET=all-minilm-l6-v2: the same cached dependencies layer, only the weights differ) and expects
+# a 384-number vector from /embed. Every container and process it starts is removed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${IMAGE_TAG:-localhost/inferbox:image-test}
+EMBED_TAG=${EMBED_IMAGE_TAG:-localhost/inferbox:image-test-embed}
 HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-240}
 start=$(date +%s)
 log() { echo "image-test [$(( $(date +%s) - start ))s] $*"; }
@@ -22,17 +25,23 @@ fi
 
 base=$(deploy/image/base.sh)
 log "base image $base"
-previous=$(buildah images --noheading --format '{{.ID}}' "$TAG" 2>/dev/null || true)
-deploy/image/buildah-build.sh "$TAG" --build-arg "BASE_IMAGE=$base" 2>&1 | sed 's/^/  build: /'
-log "built $TAG"
-current=$(buildah images --noheading --format '{{.ID}}' "$TAG")
-if [ -n "$previous" ] && [ "$previous" != "$current" ]; then  # don't pile up superseded images
-    buildah rmi "$previous" >/dev/null 2>&1 || true
-fi
+build() {  # build TAG [bud args...]
+    local tag=$1 previous current
+    shift
+    previous=$(buildah images --noheading --format '{{.ID}}' "$tag" 2>/dev/null || true)
+    deploy/image/buildah-build.sh "$tag" --build-arg "BASE_IMAGE=$base" "$@" 2>&1 | sed 's/^/  build: /'
+    log "built $tag"
+    current=$(buildah images --noheading --format '{{.ID}}' "$tag")
+    if [ -n "$previous" ] && [ "$previous" != "$current" ]; then  # don't pile up superseded images
+        buildah rmi "$previous" >/dev/null 2>&1 || true
+    fi
+}
+build "$TAG"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 workdir=$(mktemp -d)
 ctr=""
+embed_ctr=""
 runner=""
 stop_server() {
     if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
@@ -48,6 +57,7 @@ cleanup() {
     set +e
     stop_server
     [ -n "$ctr" ] && buildah rm "$ctr" >/dev/null 2>&1
+    [ -n "$embed_ctr" ] && buildah rm "$embed_ctr" >/dev/null 2>&1
     rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -64,14 +74,14 @@ user=$(image_field "c['User']")
 healthcheck=$(image_field "c['Healthcheck']['Test'][1:]")
 [ -n "$healthcheck" ] || { log "FAILED: the image has no HEALTHCHECK"; exit 1; }
 
-# serve_and_ask LABEL COMMAND: run COMMAND in the image as the image's user, in its own process
+# serve LABEL COMMAND [CONTAINER]: run COMMAND in the image as the image's user, in its own process
 # group (so stop_server ends the whole tree: buildah run -> server -> gunicorn master -> worker by
-# that group's id), wait for /health, and expect "Paris" from /chat.
-serve_and_ask() {
-    local label=$1 command=$2
+# that group's id), and wait for /health.
+serve() {
+    local label=$1 command=$2 container=${3:-$ctr}
     log "$label: starting '$command' as $user on port $port"
     setsid buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" \
-        --env HOST=127.0.0.1 "$ctr" -- sh -c "exec $command" >"$workdir/server.log" 2>&1 &
+        --env HOST=127.0.0.1 "$container" -- sh -c "exec $command" >"$workdir/server.log" 2>&1 &
     runner=$!
     local deadline=$(( $(date +%s) + HEALTH_TIMEOUT ))
     until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
@@ -84,7 +94,12 @@ serve_and_ask() {
         sleep 2
     done
     log "$label: healthy"
-    local answer
+}
+
+# serve_and_ask LABEL COMMAND: serve, and expect "Paris" from /chat.
+serve_and_ask() {
+    local label=$1 answer
+    serve "$@"
     answer=$(curl -fsS -X POST "http://127.0.0.1:$port/chat" -H 'Content-Type: application/json' \
         -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"generate_kwargs":{"max_new_tokens":20,"do_sample":false}}')
     log "$label: answer: $answer"
@@ -111,4 +126,19 @@ serve_and_ask "kaito workspace" "$kaito"
 stop_server
 buildah run --isolation chroot --user "$user" "$ctr" -- test -r /workspace/tfs/weights/config.json
 log "weights readable at Kaito's /workspace/tfs/weights"
+
+# 3. The embedding preset: same dependencies layer, its own weights; /embed answers one vector.
+build "$EMBED_TAG" --build-arg PRESET=all-minilm-l6-v2
+embed_ctr=$(buildah from --name "inferbox-image-test-embed-$$" "$EMBED_TAG")
+serve "embedding" "$entrypoint" "$embed_ctr"
+vector=$(curl -fsS -X POST "http://127.0.0.1:$port/embed" -H 'Content-Type: application/json' \
+    -d '{"inputs":"3D ActionSLAM: wearable person tracking in multi-floor environments"}')
+stop_server
+if ! python3 -c "import json, math, sys
+v = json.loads(sys.argv[1])
+assert len(v) == 1 and len(v[0]) == 384 and abs(math.hypot(*v[0]) - 1) < 1e-3, v" "$vector"; then
+    log "FAILED: /embed did not answer one normalized 384-number vector: ${vector:0:200}"
+    exit 1
+fi
+log "embedding: /embed answered a normalized vector of 384 numbers"
 log "PASSED in $(( $(date +%s) - start ))s"

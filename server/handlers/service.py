@@ -64,7 +64,7 @@ class HandlerEngine:
             log.info("model handler %s ready (%s)", type(handler).__qualname__, self.kind)
         except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
             self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model handler failed to load")
+            log.exception("model failed to load (model handler)")  # the image test greps this
 
     @staticmethod
     def _on_batch(rows: int, seconds: float) -> None:
