@@ -12,6 +12,7 @@ token ids through one forward of their own.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,14 @@ class SentenceEmbedder:
         self.dimensions = tuple(dimensions if dimensions is not None else settings.embedding_dimensions)
         self.normalized = type(self.model[-1]).__name__ == "Normalize"
         self.tokenizer = self.model.tokenizer
+        # Counting tokens happens on HTTP threads while `encode` runs on the batch thread, and a fast
+        # tokenizer's truncation/padding state is per object (encode sets it on every call): count
+        # with a copy of the Rust tokenizer that nothing ever reconfigures.
+        counter = copy.deepcopy(self.tokenizer.backend_tokenizer)
+        counter.no_truncation()
+        counter.no_padding()
+        self._counter = counter
+        self.vocab_size = len(self.tokenizer)
         self.device = torch.device(device)
         self.dtype = next(self.model.parameters()).dtype
 
@@ -114,7 +123,7 @@ class SentenceEmbedder:
             ids = value["token_ids"]
             if not isinstance(ids, (list, tuple)) or not ids:
                 raise ValueError("token ids must be a non-empty list of integers")
-            vocab = len(self.tokenizer)
+            vocab = self.vocab_size
             if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
                 raise ValueError(f"token ids must be integers in [0, {vocab})")
             return EmbedInput(token_ids=tuple(ids), **common)
@@ -124,7 +133,7 @@ class SentenceEmbedder:
         if item.token_ids is not None:
             return len(item.token_ids)
         text = (item.prompt or "") + (item.text or "")
-        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        return len(self._counter.encode(text, add_special_tokens=True).ids)
 
     def cost(self, request: ModelRequest) -> int:
         """Tokens this input adds to a batch (after truncation); refuses an input that is too long

@@ -108,3 +108,34 @@ def test_normalize(embedder: SentenceEmbedder) -> None:
     v = embedder.predict([_req("x", normalize=True)])[0]
     assert abs(float(torch.tensor(v).norm()) - 1) < 1e-5
     assert embedder.describe()["normalized"] and embedder.describe()["pooling"] == "mean"
+
+
+def test_counting_tokens_on_other_threads_does_not_disturb_a_running_batch(embedder: SentenceEmbedder,
+                                                                           reference) -> None:
+    """HTTP threads count tokens while the batch thread encodes (a shared fast tokenizer's padding
+    state would break the batch)."""
+    import threading
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def count() -> None:
+        while not stop.is_set():
+            try:
+                embedder.cost(_req("a short one"))
+                embedder.cost(_req(SENTENCES[0] * 3))
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=count) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        ref = reference.encode(SENTENCES, convert_to_tensor=True)
+        for _ in range(5):
+            assert (_cos(embedder.predict([_req(s) for s in SENTENCES]), ref) >= 0.99999).all()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
