@@ -6,8 +6,8 @@
    SDK asks by default) and sending the next when the answer is in.
 The two alternate `--repeats` times (each idle while the other runs) for `--seconds` each, so both
 sample the same stretch of machine load. Prints a table (sentences/s, the server's requests/s and
-p50/p95 latency, their ratio with the per-pair range, mean rows per forward pass) and writes JSON
-under bench/results/.
+p50/p95 latency, their ratio with the per-pair range, mean rows per forward pass, and the share of
+wall time the batch thread spent in `predict`) and writes JSON under bench/results/.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def reference_rate(model, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def steps(url: str) -> tuple[float, float]:
+def steps(url: str) -> tuple[float, float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
@@ -55,7 +55,8 @@ def steps(url: str) -> tuple[float, float]:
         for s in fam.samples:
             if s.labels.get("kind") == "predict" and s.name.startswith("inferbox_engine_step"):
                 got[s.name] = s.value
-    return got.get("inferbox_engine_steps_total", 0.0), got.get("inferbox_engine_step_rows_total", 0.0)
+    return (got.get("inferbox_engine_steps_total", 0.0), got.get("inferbox_engine_step_rows_total", 0.0),
+            got.get("inferbox_engine_step_seconds_total", 0.0))
 
 
 def server_rate(url: str, clients: int, seconds: float, offset: int) -> dict[str, float]:
@@ -94,7 +95,9 @@ def server_rate(url: str, clients: int, seconds: float, offset: int) -> dict[str
     forwards = after[0] - before[0]
     return {"requests_per_s": len(lat) / wall, "requests": len(lat),
             "p50_ms": 1000 * lat[len(lat) // 2], "p95_ms": 1000 * lat[int(len(lat) * 0.95)],
-            "forwards": forwards, "rows_per_forward": (after[1] - before[1]) / forwards if forwards else 0.0}
+            "forwards": forwards, "rows_per_forward": (after[1] - before[1]) / forwards if forwards else 0.0,
+            "busy_share": (after[2] - before[2]) / wall,
+            "sentences_per_busy_s": (after[1] - before[1]) / max(after[2] - before[2], 1e-9)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             pairs.append({"reference_sentences_per_s": ref, **srv_level,
                           "ratio": srv_level["requests_per_s"] / ref})
             print(f"repeat {r + 1}: encode {ref:.1f}/s, server {srv_level['requests_per_s']:.1f} req/s "
-                  f"(p50 {srv_level['p50_ms']:.0f} ms), ratio {pairs[-1]['ratio']:.2f}", flush=True)
+                  f"(p50 {srv_level['p50_ms']:.0f} ms, {srv_level['rows_per_forward']:.1f} rows/forward, "
+                  f"busy {srv_level['busy_share']:.0%}), ratio {pairs[-1]['ratio']:.2f}", flush=True)
     finally:
         srv.stop()
     med = {k: statistics.median(p[k] for p in pairs) for k in pairs[0]}
@@ -131,11 +135,12 @@ def main(argv: list[str] | None = None) -> None:
               "batch": args.batch, "seconds": args.seconds, "repeats": pairs, "median": med,
               "ratio_of_medians": med["requests_per_s"] / med["reference_sentences_per_s"]}
     print()
-    print("| clients | server req/s | p50 ms | p95 ms | rows/forward | encode (batch "
+    print("| clients | server req/s | p50 ms | p95 ms | rows/forward | busy | encode (batch "
           f"{args.batch}) sentences/s | ratio (per-pair range) |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.clients} | {med['requests_per_s']:.1f} | {med['p50_ms']:.0f} | {med['p95_ms']:.0f} | "
-          f"{med['rows_per_forward']:.1f} | {med['reference_sentences_per_s']:.1f} | "
+          f"{med['rows_per_forward']:.1f} | {med['busy_share']:.0%} | "
+          f"{med['reference_sentences_per_s']:.1f} | "
           f"{result['ratio_of_medians']:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
     path = Path(RESULTS / f"bench-embed-{time.strftime('%Y%m%d-%H%M%S')}.json")
     path.write_text(json.dumps(result, indent=2))

@@ -128,3 +128,32 @@ def test_stop_finishes_what_is_queued(make) -> None:
     b.stop(5)
     assert all(j.done.is_set() and j.output is not None for j in jobs)
     assert not b.alive
+
+
+def test_under_concurrent_load_a_batch_waits_a_little_to_fill(make) -> None:
+    h = CountingHandler(delay_s=0.3)
+    b = make(h, window_s=0.005)
+    first = [_job("a"), _job("b")]
+    b.submit(first)  # two at once: concurrent load; the call takes ~0.3 s
+    _wait(first)
+    early, late = _job("c"), _job("d")
+    b.submit([early])
+    time.sleep(0.02)  # past the 5 ms window, within a quarter of the last call (75 ms)
+    b.submit([late])
+    _wait([early, late])
+    assert h.batches == [2, 2]
+
+
+def test_a_lone_client_is_not_kept_waiting(make) -> None:
+    h = CountingHandler(delay_s=0.15)
+    b = make(h, window_s=0.005)
+    for x in ("a", "b"):  # one input per call: no concurrency, no extra wait
+        j = _job(x)
+        b.submit([j])
+        _wait([j])
+    j1, j2 = _job("c"), _job("d")
+    b.submit([j1])
+    time.sleep(0.05)
+    b.submit([j2])
+    _wait([j1, j2])
+    assert h.batches == [1, 1, 1, 1]
