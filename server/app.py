@@ -36,13 +36,23 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
     app.extensions["inferbox.settings"] = settings
 
     from server import ui
-    from server.api import embeddings, handler_predict, kaito, mosaic, openai, openapi, responses, tgi, tokenize
+    from server.api import (
+        embeddings,
+        handler_predict,
+        kaito,
+        mosaic,
+        openai,
+        openapi,
+        responses,
+        tgi,
+        tokenize,
+    )
 
     app.register_blueprint(kaito.bp)
     # MosaicML's /predict is text generation on the chat engine, the handler's predict otherwise
     predict = mosaic.bp if settings.model_kind == "chat" else handler_predict.bp
-    for bp in (openai.bp, responses.bp, tokenize.bp, tgi.bp, predict, openapi.bp, ui.bp,
-               embeddings.openai_bp, embeddings.tei_bp):
+    # embeddings: /v1/embeddings rides on the OpenAI blueprint; /embed is TEI's own
+    for bp in (openai.bp, responses.bp, tokenize.bp, tgi.bp, predict, openapi.bp, ui.bp, embeddings.tei_bp):
         app.register_blueprint(bp)
     access_log.install(app)
     _install_error_handlers(app)

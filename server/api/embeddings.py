@@ -19,40 +19,28 @@ import base64
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import ValidationError
+from flask import Response, current_app, jsonify
 
-from server.api import handler_calls
+from server.api import handler_calls, openai
+from server.api.dialect import Dialect, current_engine
 from server.api.embeddings_protocol import EmbeddingRequest, EmbedRequest
-from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer, render
-
-openai_bp = Blueprint("openai_embeddings", __name__, url_prefix="/v1")
-tei_bp = Blueprint("tei", __name__)
-
-
-def _openai(exc: ApiError) -> Response:
-    return render("openai", exc)
-
+from server.api.errors import ApiError
 
 _TEI_TYPES = {400: "Validation", 413: "Validation", 422: "Validation", 401: "Unauthorized",
               429: "Overloaded", 503: "Overloaded"}
 
 
-def _tei(exc: ApiError) -> Response:
-    resp = jsonify({"error": exc.message, "error_type": _TEI_TYPES.get(exc.status, "Backend")})
-    resp.status_code = exc.status
-    resp.headers.update(exc.headers)
-    return resp
+def _tei_error(exc: ApiError) -> tuple[int, dict[str, Any]]:
+    return exc.status, {"error": exc.message, "error_type": _TEI_TYPES.get(exc.status, "Backend")}
 
 
-openai_bp.register_error_handler(ApiError, _openai)
-tei_bp.register_error_handler(ApiError, _tei)
-register_renderer(openai_bp.name, _openai)
-register_renderer(tei_bp.name, _tei)
+openai_bp = openai.dialect.bp  # /v1/embeddings is one more OpenAI route, in OpenAI's error shape
+tei = Dialect("tei", _tei_error)  # a body that fails the request model: 422, as TEI answers
+tei_bp = tei.bp
 
 
 def _engine(what: str) -> Any:
-    return handler_calls.require_kind(current_app.extensions["inferbox.engine"], "embedding", what)
+    return handler_calls.require_kind(current_engine(), "embedding", what)
 
 
 def _too_many(n: int, field: str) -> None:
@@ -66,11 +54,7 @@ def _too_many(n: int, field: str) -> None:
 @openai_bp.post("/embeddings")
 def embeddings() -> Response:
     engine = _engine("/v1/embeddings")
-    data = read_json_object(request)
-    try:
-        body = EmbeddingRequest.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(400, pydantic_message(exc), param="input") from None
+    body = openai.dialect.read(EmbeddingRequest)
     raw = body.input
     if isinstance(raw, str):
         inputs: list[Any] = [raw]
@@ -102,10 +86,7 @@ def _encode(vector: list[float], fmt: str) -> list[float] | str:
 @tei_bp.post("/embed")
 def embed() -> Response:
     engine = _engine("/embed")
-    try:
-        body = EmbedRequest.model_validate(read_json_object(request))
-    except ValidationError as exc:
-        raise ApiError(422, pydantic_message(exc)) from None
+    body = tei.read(EmbedRequest)
     inputs = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     if not inputs:
         raise ApiError(422, "inputs: must not be empty")

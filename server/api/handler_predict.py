@@ -13,15 +13,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from flask import Response, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.api import handler_calls
-from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer, render
-from server.api.streaming import ndjson
+from server.api import handler_calls, mosaic
+from server.api.dialect import Dialect, bad_request, current_engine
+from server.api.errors import ApiError
+from server.api.streaming import ndjson, ndjson_response
 from server.handlers.service import HandlerEngine
 
-bp = Blueprint("mosaic_handler", __name__)
+# MosaicML's wire format (its error shape, 400 for a bad body), on its own blueprint: app.py registers
+# this one instead of mosaic.bp when the model kind is not chat
+dialect = Dialect("mosaic_handler", mosaic._error, invalid=bad_request)
+bp = dialect.bp
 
 
 class HandlerPredictRequest(BaseModel):
@@ -31,24 +35,9 @@ class HandlerPredictRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-def _mosaic(exc: ApiError) -> Response:
-    return render("mosaic", exc)  # MosaicML's error shape, as on the chat engine
-
-
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    return _mosaic(exc)
-
-
-register_renderer(bp.name, _mosaic)
-
-
 def _read(limit: int | None = None) -> tuple[HandlerEngine, HandlerPredictRequest]:
-    engine: HandlerEngine = current_app.extensions["inferbox.engine"]
-    try:
-        body = HandlerPredictRequest.model_validate(read_json_object(request))
-    except ValidationError as exc:
-        raise ApiError(400, pydantic_message(exc)) from None
+    engine: HandlerEngine = current_engine()  # type: ignore[assignment]
+    body = dialect.read(HandlerPredictRequest)
     most = limit or engine.settings.max_client_batch_size
     if len(body.inputs) > most:
         raise ApiError(400, f"inputs: at most {most} inputs per request (MAX_CLIENT_BATCH_SIZE)"
@@ -80,5 +69,4 @@ def predict_stream() -> Response:
             err = handler_calls.to_api_error(exc)
             yield ndjson({"error": err.message, "code": err.status})
 
-    return Response(stream_with_context(lines()), mimetype="application/x-ndjson",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return ndjson_response(lines())

@@ -66,7 +66,7 @@ bp = dialect.bp
 
 def _card(model_id: str) -> dict[str, Any]:
     card = {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "inferbox"}
-    kind = getattr(_engine(), "kind", "chat")
+    kind = getattr(current_engine(), "kind", "chat")
     if kind != "chat":  # an embedding model (or a custom handler) says so
         card["type"] = kind
     return card
