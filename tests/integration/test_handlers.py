@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,3 +153,32 @@ def test_example_handler_from_its_deployment_yaml(tmp_path_factory: pytest.TempP
         assert r.status_code == 400 and "non-empty string" in r.json()["error"]
     finally:
         srv.stop()
+
+
+def test_rate_limit_applies_per_client_in_mosaicml_shape(tmp_path_factory: pytest.TempPathFactory) -> None:
+    srv = start_server(tmp_path_factory.mktemp("limited"), {
+        "MODEL_HANDLER": "counting_handler:CountingHandler", "MODEL_HANDLER_DIR": str(FIXTURES),
+        "RATE_LIMIT": "2/minute"})
+    try:
+        assert [_post(srv.url, "/predict", {"inputs": ["x"]}).status_code for _ in range(2)] == [200, 200]
+        r = _post(srv.url, "/predict", {"inputs": ["x"]})
+        assert r.status_code == 429 and r.json()["code"] == 429 and int(r.headers["Retry-After"]) >= 1
+    finally:
+        srv.stop()
+
+
+def test_sigterm_drains_a_batch_in_flight(tmp_path_factory: pytest.TempPathFactory) -> None:
+    srv = start_server(tmp_path_factory.mktemp("drain"), {
+        "MODEL_HANDLER": "counting_handler:CountingHandler", "MODEL_HANDLER_DIR": str(FIXTURES),
+        "MODEL_PARAMETERS": json.dumps({"delay_s": 3.0}), "DRAIN_DELAY_S": "1"})
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=_post(srv.url, "/predict", {"inputs": ["slow"]})))
+    t.start()
+    time.sleep(1.0)  # the slow batch is running
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert requests.get(srv.url + "/health", timeout=10).status_code == 503
+    assert _post(srv.url, "/predict", {"inputs": ["late"]}).status_code == 503
+    t.join(60)
+    assert result["r"].status_code == 200 and result["r"].json()["outputs"][0]["echo"] == "slow"
+    assert srv.proc.wait(60) == 0
