@@ -155,6 +155,7 @@ def test_models_and_info_say_embedding(url: str) -> None:
     ("/generate", {"inputs": "Hi"}),
     ("/generate_stream", {"inputs": "Hi"}),
     ("/", {"inputs": "Hi"}),
+    ("/v1/responses", {"model": "m", "input": "Hi"}),
 ])
 def test_generation_endpoints_answer_400(url: str, path: str, body: dict) -> None:
     r = _post(url, path, body)
