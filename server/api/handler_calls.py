@@ -62,7 +62,7 @@ def run(engine: HandlerEngine, requests: list[ModelRequest], field: str = "input
     if engine.loaded is None:
         raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
     counted = costs(engine, requests, field)
-    tokens = sum(counted) if getattr(engine.loaded, "cost", None) else 0
+    tokens = sum(counted) if getattr(engine.handler, "cost", None) else 0
     try:
         outputs = engine.run(requests, counted)
     except Exception as exc:
@@ -79,7 +79,7 @@ def stream(engine: HandlerEngine, request: ModelRequest) -> Iterator[str]:
         raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
     try:
         if not engine.can_stream():
-            raise ApiError(400, f"{type(engine.loaded).__qualname__} has no predict_stream; use /predict",
+            raise ApiError(400, f"{type(engine.handler).__qualname__} has no predict_stream; use /predict",
                            kind="unsupported")
         return engine.stream(dict(request))
     except Exception as exc:

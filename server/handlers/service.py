@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from server.config import Settings
@@ -27,11 +28,28 @@ class HandlerTimeout(RuntimeError):
     """An input was not answered before REQUEST_TIMEOUT_S."""
 
 
+@dataclass
+class LoadedHandler:
+    """What `engine.loaded` is for a handler kind: the handler, plus the model facts that `/metrics`
+    reports for every kind (dtype and weight bytes, where the handler has a torch model)."""
+
+    handler: Any
+    dtype: Any = None
+    weight_bytes: int = 0
+
+    @classmethod
+    def of(cls, handler: Any) -> LoadedHandler:
+        model = getattr(handler, "model", None)
+        params = list(model.parameters()) if hasattr(model, "parameters") else []
+        return cls(handler, params[0].dtype if params else None,
+                   sum(p.numel() * p.element_size() for p in params))
+
+
 class HandlerEngine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kind = settings.model_kind
-        self.loaded: Any = None  # the handler, once built
+        self.loaded: LoadedHandler | None = None  # the handler, once built
         self.scheduler: PredictBatcher | None = None
         self.limits = None  # no generation limits: the generation endpoints refuse this kind
         self.load_error: str | None = None
@@ -58,7 +76,7 @@ class HandlerEngine:
                                      max_queued=s.max_queued_requests, on_batch=self._on_batch)
             batcher.start()
             self.scheduler = batcher
-            self.loaded = handler
+            self.loaded = LoadedHandler.of(handler)
             self._ready.set()
             threading.Thread(target=self._watch, name="batcher-watchdog", daemon=True).start()
             log.info("model handler %s ready (%s)", type(handler).__qualname__, self.kind)
@@ -97,10 +115,10 @@ class HandlerEngine:
             raise EngineUnavailable("the model is not loaded yet")
         if self.draining:
             raise EngineUnavailable("the server is shutting down")
-        return self.loaded
+        return self.loaded.handler
 
     def describe(self) -> dict[str, Any]:
-        handler = self.loaded
+        handler = self.loaded.handler if self.loaded is not None else None
         fn = getattr(handler, "describe", None)
         info = dict(fn()) if callable(fn) else {}
         info.setdefault("kind", self.kind)

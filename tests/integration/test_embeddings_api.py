@@ -146,6 +146,8 @@ def test_models_and_info_say_embedding(url: str) -> None:
     info = requests.get(url + "/info", timeout=30).json()
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["embedding_dimension"] == 384 and info["max_input_length"] == 256
+    kaito = requests.get(url + "/metrics", timeout=30).json()["model_info"]  # Kaito's JSON metrics
+    assert kaito["dtype"] == "float32" and kaito["weight_bytes"] > 80_000_000
 
 
 @pytest.mark.parametrize("path, body", [

@@ -122,6 +122,9 @@ def test_models_and_info_name_the_handler(counting: ServerProcess) -> None:
     assert requests.get(counting.url + "/v1/models", timeout=30).json()["data"][0]["type"] == "handler"
     info = requests.get(counting.url + "/info", timeout=30).json()
     assert info["model_type"] == {"handler": {"class": "counting_handler.CountingHandler"}}
+    assert requests.get(counting.url + "/metrics", timeout=30).json()["model_info"]["weight_bytes"] == 0
+    prom = requests.get(counting.url + "/metrics", headers={"Accept": "text/plain"}, timeout=30)
+    assert prom.status_code == 200 and "inferbox_model_weight_bytes 0.0" in prom.text
 
 
 def test_a_handler_that_does_not_exist_fails_at_start(tmp_path) -> None:
