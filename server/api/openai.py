@@ -108,18 +108,24 @@ def _reject_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None
         raise ApiError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
 
 
-def _kwargs(body: Any, max_tokens: int | None) -> dict[str, Any]:
-    """OpenAI fields -> `generate` keyword arguments (validated again by build_params)."""
+def sampling_kwargs(temperature: float | None, top_p: float | None) -> dict[str, Any]:
+    """OpenAI's temperature/top_p -> `generate` options (`top_p: 0` decodes greedily, as OpenAI does)."""
     kw: dict[str, Any] = {}
-    if max_tokens is not None:
-        kw["max_new_tokens"] = max_tokens
-    if body.temperature is not None:
-        kw["temperature"] = body.temperature
-    if body.top_p is not None:
-        if body.top_p == 0:
+    if temperature is not None:
+        kw["temperature"] = temperature
+    if top_p is not None:
+        if top_p == 0:
             kw["do_sample"] = False
         else:
-            kw["top_p"] = body.top_p
+            kw["top_p"] = top_p
+    return kw
+
+
+def _kwargs(body: Any, max_tokens: int | None) -> dict[str, Any]:
+    """OpenAI fields -> `generate` keyword arguments (validated again by build_params)."""
+    kw = sampling_kwargs(body.temperature, body.top_p)
+    if max_tokens is not None:
+        kw["max_new_tokens"] = max_tokens
     for src, dst in (("top_k", "top_k"), ("min_p", "min_p"), ("repetition_penalty", "repetition_penalty"),
                      ("min_tokens", "min_new_tokens")):
         if getattr(body, src) is not None:

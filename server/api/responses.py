@@ -113,19 +113,12 @@ def _request(engine: Engine, body: ResponsesRequest, ids: list[int]) -> Generati
     """The same engine request `/v1/chat/completions` builds for these fields."""
     if not ids:
         raise ApiError(400, "the input is empty after tokenization", param="input")
-    kw: dict[str, Any] = {}
+    kw = openai.sampling_kwargs(body.temperature, body.top_p)
     limits = engine.limits
     if body.max_output_tokens is not None:
         kw["max_new_tokens"] = body.max_output_tokens
     elif limits is not None:
         kw["max_new_tokens"] = max(1, limits.context_length - len(ids))
-    if body.temperature is not None:
-        kw["temperature"] = body.temperature
-    if body.top_p is not None:
-        if body.top_p == 0:
-            kw["do_sample"] = False
-        else:
-            kw["top_p"] = body.top_p
     return engine_calls.new_request(engine, ids, dialect.params(engine, kw, len(ids)))
 
 

