@@ -9,7 +9,7 @@ MODEL_DIR := models/smollm2-135m-instruct
 SMOL_PKG := .cache/smollm2-pkg
 PORT ?= 5000
 
-.PHONY: install model run test lint bench soak clean image image-test plan clients browser
+.PHONY: install model run test test-unit lint bench soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ browser:
 
 test: install model clients browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast tests: no server, no model (tokenizer files are fine); well under a minute.
+test-unit: install
+	$(PY) -m pytest -q -m "not integration and not model" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

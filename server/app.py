@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from server.config import Settings, load_settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from server.observability import access_log, metrics
 
 log = logging.getLogger("inferbox")
@@ -43,8 +43,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     _install_error_handlers(app)
     _install_operations(app, settings, engine)
 
-    metrics.QUEUE_DEPTH.set_function(lambda: engine.scheduler.queue_depth if engine.scheduler else 0)
-    metrics.BATCH_SIZE.set_function(lambda: engine.scheduler.running if engine.scheduler else 0)
+    metrics.QUEUE_DEPTH.set_function(lambda: engine.loop.queue_depth if engine.loop else 0)
+    metrics.BATCH_SIZE.set_function(lambda: engine.loop.running if engine.loop else 0)
 
     if load_model and engine.loaded is None:
         engine.start(background=True)

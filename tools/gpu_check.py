@@ -24,9 +24,8 @@ import requests
 import torch
 
 from server.config import Settings
+from server.engine.engine import build_loop
 from server.engine.request import GenerationParams, GenerationRequest, collect
-from server.engine.runner import ModelRunner
-from server.engine.scheduler import Scheduler
 from server.model import loader
 from tools.local_server import start_server
 
@@ -56,7 +55,7 @@ def _alone(loaded: loader.LoadedModel, req: GenerationRequest) -> list[int]:
 
 
 def engine_checks(loaded: loader.LoadedModel, label: str, exact: bool) -> None:
-    sched = Scheduler(ModelRunner(loaded), max_batch_size=16, window_s=0.01)
+    sched = build_loop(loaded, Settings(model_path="-", max_batch_size=16, batch_window_ms=10))
     sched.start()
     try:
         rng = random.Random(0)

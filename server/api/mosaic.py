@@ -21,7 +21,7 @@ from server.api.dialect import Dialect, bad_request, current_engine
 from server.api.errors import ApiError
 from server.api.mosaic_protocol import MOSAIC_DEFAULTS, PredictRequest, PredictStreamRequest
 from server.api.streaming import ndjson, ndjson_response
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from server.observability import metrics
 
 

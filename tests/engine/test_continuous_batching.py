@@ -12,6 +12,8 @@ import torch
 from server.engine.request import FinishEvent, GenerationRequest, StreamError, TokenEvent, collect
 from tests.engine.conftest import generate_alone, request
 
+pytestmark = pytest.mark.model
+
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
@@ -46,15 +48,17 @@ def _submit_staggered(sched, reqs: list[GenerationRequest], seed: int = 0, max_g
     t.join()
 
 
-def test_greedy_matches_generate_alone_under_staggered_mixed_load(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=8)
+def test_greedy_matches_generate_alone_under_staggered_mixed_load(loaded, make_loop):
     reqs = []
     for i in range(32):
         prompt = PROMPTS[i % len(PROMPTS)]
         if i % 3 == 0:  # chat prompts end with EOS early: rows leave at different steps
             prompt = _chat(loaded, prompt)
         reqs.append(request(loaded, prompt, max_new_tokens=3 + (i * 5) % 11))
-    _submit_staggered(sched, reqs)
+    # the first eight are queued before the loop starts (one group, so they share decode steps for
+    # sure); the rest arrive at random times and join the running batch
+    sched = make_loop(queued=reqs[:8], max_batch_size=8)
+    _submit_staggered(sched, reqs[8:])
     results = [collect(r, timeout=600)[0] for r in reqs]
 
     assert sched.stats.peak_rows >= 4, "requests never shared a decode step"
@@ -70,11 +74,11 @@ def test_greedy_matches_generate_alone_under_staggered_mixed_load(loaded, make_s
     assert not mismatches
 
 
-def test_shared_prefix_rows_match_generate_alone(loaded, make_scheduler):
+def test_shared_prefix_rows_match_generate_alone(loaded, make_loop):
     """Chat prompts share the template's system prompt: its keys/values are computed once and
     copied into new rows ([prefix][padding][suffix]); outputs stay token-identical, also when such
     rows share the batch with left-padded rows that have no prefix and rows leave at different steps."""
-    sched = make_scheduler(max_batch_size=8)
+    sched = make_loop(max_batch_size=8)
     reqs = []
     for i in range(20):
         # suffixes of mixed length, some longer than the cache's spare columns
@@ -93,7 +97,7 @@ def test_shared_prefix_rows_match_generate_alone(loaded, make_scheduler):
     for r, res in zip(reqs, results, strict=True):
         assert res.token_ids == generate_alone(loaded, r), r.id
 
-    plain = make_scheduler(max_batch_size=8, prefix_min_tokens=0)
+    plain = make_loop(max_batch_size=8, prefix_min_tokens=0)
     again = [request(loaded, _chat(loaded, p), max_new_tokens=4) for p in PROMPTS[:4]]
     for r in again:
         plain.submit(r)
@@ -102,8 +106,8 @@ def test_shared_prefix_rows_match_generate_alone(loaded, make_scheduler):
     assert plain.stats.prefix_rows == 0
 
 
-def test_penalties_and_min_tokens_match_generate(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=8)
+def test_penalties_and_min_tokens_match_generate(loaded, make_loop):
+    sched = make_loop(max_batch_size=8)
     kinds = [dict(repetition_penalty=1.3), dict(no_repeat_ngram_size=2), dict(min_new_tokens=12),
              dict(repetition_penalty=0.9, no_repeat_ngram_size=3)]
     reqs = [request(loaded, _chat(loaded, PROMPTS[i]) if i % 2 else PROMPTS[i], max_new_tokens=12,
@@ -118,8 +122,8 @@ def _sampled(loaded, seed: int | None) -> GenerationRequest:
                    do_sample=True, temperature=0.9, top_k=40, top_p=0.95, seed=seed)
 
 
-def test_seeded_sample_is_the_same_alone_and_in_a_busy_batch(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=8)
+def test_seeded_sample_is_the_same_alone_and_in_a_busy_batch(loaded, make_loop):
+    sched = make_loop(max_batch_size=8)
     alone = _sampled(loaded, 1234)
     sched.submit(alone)
     alone_ids = collect(alone, timeout=600)[0].token_ids
@@ -133,16 +137,16 @@ def test_seeded_sample_is_the_same_alone_and_in_a_busy_batch(loaded, make_schedu
             busy.append(request(loaded, PROMPTS[i], max_new_tokens=30, do_sample=True, temperature=1.3,
                                 top_p=0.8, repetition_penalty=1.2))
     again = _sampled(loaded, 1234)
-    _submit_staggered(sched, busy[:4] + [again] + busy[4:], max_gap=0.02)
+    busy_loop = make_loop(queued=busy[:4] + [again] + busy[4:], max_batch_size=8)  # one group of 8
     again_ids = collect(again, timeout=600)[0].token_ids
     busy_ids = [collect(r, timeout=600)[0].token_ids for r in busy]
-    assert sched.stats.peak_rows >= 4
+    assert busy_loop.stats.peak_rows >= 4
     assert again_ids == alone_ids
     assert busy_ids[0] != alone_ids  # the seed matters
 
 
-def test_cancelled_stream_frees_its_slot_within_a_step(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=1)
+def test_cancelled_stream_frees_its_slot_within_a_step(loaded, make_loop):
+    sched = make_loop(max_batch_size=1)
     hog = request(loaded, PROMPTS[2], max_new_tokens=400, min_new_tokens=400)
     waiting = request(loaded, PROMPTS[0], max_new_tokens=4)
     sched.submit(hog)
@@ -160,8 +164,8 @@ def test_cancelled_stream_frees_its_slot_within_a_step(loaded, make_scheduler):
     assert collect(waiting, timeout=600)[0].finish_reason == "length"
 
 
-def test_cancel_is_seen_at_the_next_step(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=4)
+def test_cancel_is_seen_at_the_next_step(loaded, make_loop):
+    sched = make_loop(max_batch_size=4)
     hog = request(loaded, PROMPTS[2], max_new_tokens=400, min_new_tokens=400)
     sched.submit(hog)
     events = hog.stream.events(timeout=600)
@@ -174,12 +178,12 @@ def test_cancel_is_seen_at_the_next_step(loaded, make_scheduler):
     assert sched.running == 0
 
 
-def test_token_budget_queues_a_flood_of_long_prompts(loaded, make_scheduler):
+def test_token_budget_queues_a_flood_of_long_prompts(loaded, make_loop):
     long_prompt = " ".join(["The history of the city is long and full of surprises."] * 12)
     reqs = [request(loaded, long_prompt + f" Chapter {i}.", max_new_tokens=4) for i in range(6)]
     width = max(r.prompt_tokens for r in reqs) + 4
     budget = int(2.5 * width)  # room for two rows, not three
-    sched = make_scheduler(max_batch_size=32, max_batch_tokens=budget)
+    sched = make_loop(max_batch_size=32, max_batch_tokens=budget)
     for r in reqs:
         sched.submit(r)
     for r in reqs:
@@ -188,15 +192,15 @@ def test_token_budget_queues_a_flood_of_long_prompts(loaded, make_scheduler):
     assert sched.stats.peak_tokens <= budget
 
 
-def test_beam_search_takes_the_exact_generate_path(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=8)
+def test_beam_search_takes_the_exact_generate_path(loaded, make_loop):
+    sched = make_loop(max_batch_size=8)
     beams = request(loaded, PROMPTS[0], max_new_tokens=8, extra=(("num_beams", 3),))
     greedy = request(loaded, PROMPTS[1], max_new_tokens=8)
     sched.submit(beams)
     sched.submit(greedy)
     got = collect(beams, timeout=600)[0].token_ids
     collect(greedy, timeout=600)
-    assert sorted(sched.paths) == ["batched", "generate"]
+    assert sorted(sched.paths) == ["batched", "exact"]
     ids = torch.tensor([beams.input_ids])
     with torch.inference_mode():
         ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, num_beams=3,
@@ -204,22 +208,22 @@ def test_beam_search_takes_the_exact_generate_path(loaded, make_scheduler):
     assert got == ref[0, ids.shape[1]:].tolist()
 
 
-def test_exact_lane_streams_logprobs_before_the_finish_event(loaded, make_scheduler):
+def test_exact_lane_streams_logprobs_before_the_finish_event(loaded, make_loop):
     """A streaming client reads up to the finish event: logprobs must not come after it."""
-    sched = make_scheduler(max_batch_size=8)
+    sched = make_loop(max_batch_size=8)
     req = request(loaded, PROMPTS[0], max_new_tokens=6, logprobs=True, top_logprobs=2,
                   extra=(("bad_words_ids", [[13]]),))  # an option only exact generate honours
     sched.submit(req)
     events = list(req.stream.events(timeout=600))
-    assert sched.paths == ["generate"]
+    assert sched.paths == ["exact"]
     assert isinstance(events[-1], FinishEvent)
     tokens = [t for e in events if isinstance(e, TokenEvent) for t in e.token_ids]
     lps = [x for e in events if isinstance(e, TokenEvent) and e.logprobs for x in e.logprobs]
     assert len(tokens) == len(lps) > 0
 
 
-def test_logprobs_stop_strings_and_several_sequences(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=8)
+def test_logprobs_stop_strings_and_several_sequences(loaded, make_loop):
+    sched = make_loop(max_batch_size=8)
     lp = request(loaded, PROMPTS[0], max_new_tokens=5, logprobs=True, top_logprobs=3)
     stop = request(loaded, "Count: 1, 2, 3,", max_new_tokens=30, stop=(" 6",))
     many = request(loaded, PROMPTS[4], max_new_tokens=6, do_sample=True, num_return_sequences=3, seed=7)
@@ -261,10 +265,10 @@ class _Flaky:
         return getattr(self._model, name)
 
 
-def test_a_failed_step_fails_only_its_requests(loaded, make_scheduler):
-    sched = make_scheduler(max_batch_size=8)
+def test_a_failed_step_fails_only_its_requests(loaded, make_loop):
+    sched = make_loop(max_batch_size=8)
     flaky = _Flaky(loaded.model)
-    sched.model = flaky
+    sched.runner.model = flaky
     running = request(loaded, PROMPTS[2], max_new_tokens=40, min_new_tokens=40)
     sched.submit(running)
     events = running.stream.events(timeout=600)
@@ -295,10 +299,10 @@ def test_a_failed_step_fails_only_its_requests(loaded, make_scheduler):
     assert sched.alive
 
 
-def test_a_broken_distribution_fails_only_its_row(loaded, make_scheduler):
+def test_a_broken_distribution_fails_only_its_row(loaded, make_loop):
     """A temperature so small that the logits overflow is the request's fault (a client error);
     its neighbours in the same batch finish normally."""
-    sched = make_scheduler(max_batch_size=8, window_s=0.05)
+    sched = make_loop(max_batch_size=8, window_s=0.05)
     good = [request(loaded, f"Count: {i},", max_new_tokens=6) for i in range(3)]
     bad = request(loaded, "Hello", max_new_tokens=6, do_sample=True, temperature=1e-45, seed=1)
     for r in [*good[:2], bad, good[2]]:
@@ -311,9 +315,9 @@ def test_a_broken_distribution_fails_only_its_row(loaded, make_scheduler):
     assert sched.alive
 
 
-def test_a_flood_is_prefilled_in_bounded_steps(loaded, make_scheduler):
+def test_a_flood_is_prefilled_in_bounded_steps(loaded, make_loop):
     """No single prefill exceeds MAX_PREFILL_TOKENS (padded), yet every request is answered."""
-    sched = make_scheduler(max_batch_size=16, window_s=0.05, max_prefill_tokens=64)
+    sched = make_loop(max_batch_size=16, window_s=0.05, max_prefill_tokens=64)
     reqs = [request(loaded, "word " * 20 + str(i), max_new_tokens=3) for i in range(6)]
     for r in reqs:
         sched.submit(r)

@@ -11,10 +11,11 @@ import pytest
 
 from server.app import create_app
 from server.config import Settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from tests.conftest import MODEL_DIR
 
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="run `make model`")
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="run `make model`")]
 
 
 def _app(**overrides):
@@ -67,7 +68,7 @@ def test_dead_scheduler_makes_health_503_and_answers_waiting_clients(monkeypatch
         time.sleep(0.2)
         raise _Crash("injected")
 
-    monkeypatch.setattr(engine.scheduler, "_step", crash)  # the loop's one step: prefill + decode
+    monkeypatch.setattr(engine.loop, "step", crash)  # the loop's one step
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # keep the test output clean
     result: dict = {}
 

@@ -16,7 +16,8 @@ from server.model.cpu_kernels import onednn_works, use_onednn_linear
 from tests.conftest import MODEL_DIR
 from tests.model.test_loader import _tiny_model_dir
 
-pytestmark = pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN")
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN")]
 
 
 def _patched(model: nn.Module) -> list[str]:

@@ -114,6 +114,7 @@ def _cache_bytes(cache) -> int:
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "name", ["llama-2-7b-chat", "mistral-7b", "falcon-7b", "mpt-7b-instruct", "phi-3-mini-4k-instruct"]
 )
