@@ -56,7 +56,7 @@ class Settings:
     max_queued_requests: int = 256
     request_timeout_s: float = 600.0
     torch_threads: int = 0
-    cpu_linear: str = "onednn"
+    cpu_linear: str = "auto"
     log_level: str = "info"
     # security and operations (README: "Security and operations")
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -177,8 +177,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"TORCH_DTYPE must be one of {', '.join(DTYPES)}; got {s.torch_dtype!r}")
     if s.device_map not in DEVICE_MAPS:
         raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
-    if s.cpu_linear not in ("onednn", "torch"):
-        raise ConfigError(f"CPU_LINEAR must be onednn or torch; got {s.cpu_linear!r}")
+    if s.cpu_linear not in ("auto", "measure", "onednn", "torch"):
+        raise ConfigError(f"CPU_LINEAR must be auto, measure, onednn or torch; got {s.cpu_linear!r}")
     if s.pipeline not in ("text-generation", "conversational"):
         raise ConfigError(f"PIPELINE must be text-generation or conversational; got {s.pipeline!r}")
     for name in ("threads", "max_batch_size", "max_batch_tokens", "max_prefill_tokens", "max_body_bytes",

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from server.config import Settings
-from server.model.cpu_kernels import use_onednn_linear
+from server.model.cpu_kernels import use_kernels_by_rows
 from server.presets import PRESETS_DIR
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,9 @@ def load(s: Settings) -> LoadedModel:
     )
     if not cuda:
         model.to("cpu")
-        if s.cpu_linear == "onednn":
-            n = use_onednn_linear(model)
-            log.info("oneDNN kernels for %d linear layers (CPU_LINEAR=torch turns this off)", n)
+        if s.cpu_linear != "torch":
+            n = use_kernels_by_rows(model, s.cpu_linear)
+            log.info("CPU_LINEAR=%s: %d linear layers choose their kernel by row count", s.cpu_linear, n)
     model.eval()
     template = read_chat_template(s.chat_template)
     if template:
