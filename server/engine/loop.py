@@ -92,6 +92,7 @@ class EngineLoop:
         return True
 
     def step(self) -> None:
+        plan = None
         try:
             with self._cond:
                 plan = self.policy.schedule()
@@ -104,5 +105,5 @@ class EngineLoop:
         except Exception as exc:  # a bug in bookkeeping: fail the running rows, keep the loop alive
             log.exception("engine step failed")
             with self._cond:
-                self.policy.fail_running(exc)
+                self.policy.fail_step(plan, exc)
             self.runner.reset()

@@ -184,12 +184,16 @@ class Policy:
                     self._leaving.append(seq)
         self.running = [seq for seq in self.running if seq.finish is None]
 
-    def fail_running(self, exc: BaseException) -> None:
-        """A step failed outside the runner's own isolation: end every running sequence."""
-        for seq in self.running:
+    def fail_step(self, plan: StepPlan | None, exc: BaseException) -> None:
+        """A step failed outside the runner's own isolation: fail every running sequence and
+        whatever the plan was bringing in (so no request is left waiting)."""
+        seqs = self.running + (plan.rows if plan is not None and plan.kind == "prefill" else [])
+        for seq in seqs:
             seq.request.stream.fail_with(exc)
             seq.finish = "error"
-        self._leaving.extend(self.running)
+        for req in plan.exact if plan is not None else []:
+            req.stream.fail_with(exc)
+        self._leaving.extend(seqs)
         self.running = []
         self._exact_in_flight = 0
 

@@ -14,6 +14,7 @@ rows of that batch; a row whose distribution broke fails alone; the runner itsel
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 
@@ -83,15 +84,16 @@ class ModelRunner:
             self._batch = None
 
     def _prefill(self, plan: StepPlan, out: StepOutput) -> None:
-        rows = [self._row(seq) for seq in plan.rows]
+        rows: list[Row] = []
         try:
+            rows = [self._row(seq) for seq in plan.rows]
             with self.loaded.exclusive():
                 prefix = self._prefix(plan.prefix)
                 fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
             self._sample(fresh, logits, out)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
-            log.exception("prefill failed for %d row(s)", len(rows))
-            _fail(out, rows, exc)
+            log.exception("prefill failed for %d row(s)", len(plan.rows))
+            out.failed.extend((req, exc) for req in _distinct(s.request for s in plan.rows))
             return
         self._fresh = fresh
 
@@ -136,8 +138,8 @@ class ModelRunner:
         want = [r.request.params.top_logprobs if r.request.params.logprobs else -1 for r in rows]
         choice = choose(logits, [r.sampler for r in rows], want)
         bad = {id(rows[i].request) for i in choice.invalid}
-        for req in {id(rows[i].request): rows[i].request for i in choice.invalid}.values():
-            out.failed.append((req, InvalidDistribution()))
+        broken = _distinct(rows[i].request for i in choice.invalid)
+        out.failed.extend((req, InvalidDistribution()) for req in broken)
         for i, row in enumerate(rows):
             if id(row.request) in bad:
                 continue
@@ -149,8 +151,9 @@ class ModelRunner:
             batch.filter([i for i, r in enumerate(rows) if id(r.request) not in bad])
 
 
+def _distinct(requests: Iterable[GenerationRequest]) -> list[GenerationRequest]:
+    return list({id(r): r for r in requests}.values())
+
+
 def _fail(out: StepOutput, rows: list[Row], exc: BaseException) -> None:
-    seen: dict[int, GenerationRequest] = {}
-    for r in rows:
-        seen.setdefault(id(r.request), r.request)
-    out.failed.extend((req, exc) for req in seen.values())
+    out.failed.extend((req, exc) for req in _distinct(r.request for r in rows))

@@ -273,3 +273,20 @@ def test_the_policy_module_imports_neither_torch_nor_threading() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_a_failed_step_fails_the_running_rows_and_the_newcomers() -> None:
+    policy, _ = make_policy(max_prefill_tokens=4)
+    running, newcomer = req(), req()
+    policy.add(running)
+    step(policy)
+    policy.add(newcomer)
+    step(policy)  # decode
+    plan = policy.schedule()
+    assert plan.kind == "prefill" and [s.request for s in plan.rows] == [newcomer]
+    policy.fail_step(plan, RuntimeError("bookkeeping bug"))
+    for r in (running, newcomer):
+        with pytest.raises(Exception, match="generation failed"):
+            events(r)
+    assert not policy.running
+    assert len(policy.schedule().drop) == 2  # the runner frees both
