@@ -94,7 +94,7 @@ def run(engine: Engine, request: GenerationRequest) -> list[SequenceResult]:
 
 
 def run_many(engine: Engine, requests: list[GenerationRequest]) -> list[list[SequenceResult]]:
-    """Submit every request first (so the scheduler can batch them), then wait for each."""
+    """Submit every request first (so the engine can batch them), then wait for each."""
     out: list[list[SequenceResult]] = []
     deadline = time.monotonic() + _wait_limit(engine)  # one bound for the whole group, not each
     try:
