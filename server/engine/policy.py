@@ -141,9 +141,10 @@ class Policy:
             plan = self._decode_plan(drop)
         else:
             self._route()
-            if self.exact_waiting:
-                plan = StepPlan("exact", drop, exact=self._exact_group())
-                self._exact_in_flight = sum(r.params.num_return_sequences for r in plan.exact)
+            exact = self._exact_group() if self.exact_waiting else []
+            if exact:
+                plan = StepPlan("exact", drop, exact=exact)
+                self._exact_in_flight = sum(r.params.num_return_sequences for r in exact)
                 self.stats.exact_calls += 1
             else:
                 group = self._admit()

@@ -290,3 +290,12 @@ def test_a_failed_step_fails_the_running_rows_and_the_newcomers() -> None:
             events(r)
     assert not policy.running
     assert len(policy.schedule().drop) == 2  # the runner frees both
+
+
+def test_a_cancelled_exact_request_never_runs() -> None:
+    policy, _ = make_policy()
+    beams = req(extra=(("num_beams", 2),))
+    policy.add(beams)
+    beams.stream.cancel()
+    assert policy.schedule().kind == "idle"
+    assert events(beams)[-1].reason == "cancelled" and policy.stats.exact_calls == 0
