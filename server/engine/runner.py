@@ -84,7 +84,6 @@ class ModelRunner:
             self._batch = None
 
     def _prefill(self, plan: StepPlan, out: StepOutput) -> None:
-        rows: list[Row] = []
         try:
             rows = [self._row(seq) for seq in plan.rows]
             with self.loaded.exclusive():
