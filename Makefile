@@ -11,7 +11,7 @@ EMBED_MODEL_DIR := models/all-minilm-l6-v2
 EMBED_PKG := .cache/minilm-pkg
 PORT ?= 5000
 
-.PHONY: install model embed-model run test lint bench bench-quality bench-gpu soak clean image image-test plan clients browser
+.PHONY: install model embed-model run test test-unit lint bench bench-quality bench-gpu soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ browser:
 
 test: install model embed-model clients browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast tests: no server, no model (tokenizer files are fine); well under a minute.
+test-unit: install
+	$(PY) -m pytest -q -m "not integration and not model" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

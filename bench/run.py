@@ -6,6 +6,8 @@
    (each sends its next request when the last one is answered), every request greedy with exactly
    N new tokens (`min_new_tokens`); time to first token of streamed requests at idle and while c=8
    clients keep the engine busy.
+3. The kernel check (bench/kernel_check.py): a plain single request's latency against the same
+   server with `CPU_LINEAR=torch`, and c = 1, 2, 4 against `torch` and `onednn` servers.
 At each level the two alternate `--repeats` times (each one idle while the other runs), so both
 sample the same stretch of machine load; the table gives medians, their ratio, and the range of
 the per-pair ratios. Prints the table, writes JSON and a PNG chart (tokens/s against concurrency,
@@ -246,18 +248,22 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(MODEL_DIR))
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    ap.add_argument("--concurrency", default="1,2,4,8,32", help="comma-separated client counts")
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at c > 1")
     ap.add_argument("--sequential", type=int, default=4, help="requests at c = 1 (and bare sequential)")
     ap.add_argument("--ttft-probes", type=int, default=6, help="0 skips the TTFT measurement")
     ap.add_argument("--repeats", type=int, default=3,
                     help="bare/server alternations per level (medians are reported)")
-    ap.add_argument("--quick", action="store_true", help="c = 1, 8; 32 new tokens; one round; 3 probes")
+    ap.add_argument("--kernel-levels", default="1,2,4",
+                    help="client counts of the kernel check (empty: skip the kernel check)")
+    ap.add_argument("--latency-runs", type=int, default=5, help="single requests per server (kernel check)")
+    ap.add_argument("--quick", action="store_true",
+                    help="c = 1, 8; 32 new tokens; one round; 3 probes; kernel check at c = 1, 2")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     args = ap.parse_args(argv)
     if args.quick:
         args.concurrency, args.new_tokens, args.rounds, args.sequential, args.ttft_probes = "1,8", 32, 1, 2, 3
-        args.repeats = 1
+        args.repeats, args.kernel_levels, args.latency_runs = 1, "1,2", 3
     conc = [int(c) for c in args.concurrency.split(",") if c]
     n = args.new_tokens
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -293,6 +299,14 @@ def main(argv: list[str] | None = None) -> None:
             ttft = {"idle_s": idle, "idle_p50_s": statistics.median(idle), "load_clients": 8,
                     "under_load_s": loaded, "under_load_p50_s": statistics.median(loaded)}
         metrics = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
+        kernels = None
+        levels = [int(c) for c in args.kernel_levels.split(",") if c]
+        if levels:
+            print("kernel check: server vs CPU_LINEAR=torch / onednn servers...", flush=True)
+            from bench.kernel_check import kernel_check
+
+            kernels = kernel_check(url, args.model, env, RESULTS, levels, args.repeats, args.rounds, n,
+                                   args.latency_runs)
     finally:
         srv.stop()
         worker.close()
@@ -303,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         "time": stamp, "model": args.model, "model_name": Path(args.model).name, "new_tokens": n,
         "device": "cuda" if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
         "platform": platform.platform(), "load_after": os.getloadavg(), "server_env": env,
-        "bare": bare_result, "server": server, "ttft": ttft,
+        "bare": bare_result, "server": server, "ttft": ttft, "kernels": kernels,
         "engine_paths": [line for line in metrics.splitlines() if line.startswith("inferbox_engine_path")],
     }
     json_path = RESULTS / f"bench-{stamp}.json"
@@ -311,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     png_path = json_path.with_suffix(".png")
     chart(result, png_path)
     print(table(result))
+    if kernels:
+        from bench.kernel_check import kernel_table_lines
+
+        print("\n".join(kernel_table_lines(kernels)))
     print(f"load after: {result['load_after']}")
     print(f"wrote {json_path} and {png_path}")
 

@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from server.config import Settings, load_settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from server.handlers.service import HandlerEngine
 from server.observability import access_log, metrics
 
@@ -58,8 +58,8 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
     _install_error_handlers(app)
     _install_operations(app, settings, engine)
 
-    metrics.QUEUE_DEPTH.set_function(lambda: engine.scheduler.queue_depth if engine.scheduler else 0)
-    metrics.BATCH_SIZE.set_function(lambda: engine.scheduler.running if engine.scheduler else 0)
+    metrics.QUEUE_DEPTH.set_function(lambda: engine.loop.queue_depth if engine.loop else 0)
+    metrics.BATCH_SIZE.set_function(lambda: engine.loop.running if engine.loop else 0)
     metrics.describe_model(settings.served_model_name, settings.quantization)
     metrics.WEIGHT_BYTES.set_function(lambda: engine.loaded.weight_bytes if engine.loaded else 0)
 

@@ -59,7 +59,7 @@ class Settings:
     max_queued_requests: int = 256
     request_timeout_s: float = 600.0
     torch_threads: int = 0
-    cpu_linear: str = "onednn"
+    cpu_linear: str = "auto"
     log_level: str = "info"
     # security and operations (README: "Security and operations")
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -227,8 +227,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}; got {s.quantization!r}")
     if s.device_map not in DEVICE_MAPS:
         raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
-    if s.cpu_linear not in ("onednn", "torch"):
-        raise ConfigError(f"CPU_LINEAR must be onednn or torch; got {s.cpu_linear!r}")
+    if s.cpu_linear not in ("auto", "measure", "onednn", "torch"):
+        raise ConfigError(f"CPU_LINEAR must be auto, measure, onednn or torch; got {s.cpu_linear!r}")
     if s.model_kind not in MODEL_KINDS:
         raise ConfigError(f"MODEL_KIND must be one of {', '.join(MODEL_KINDS)}; got {s.model_kind!r}")
     if s.model_kind == "handler" and not s.model_handler:

@@ -9,7 +9,7 @@ of streams still being generated. Instead, in the worker (installed by `post_wor
 2. The worker keeps accepting for `DRAIN_DELAY_S`, so probes and late-routed clients get answers
    rather than refused connections (a preStop pause in the pod spec adds to this).
 3. It waits until every in-flight request, streams included, has sent its last byte.
-4. It stops the scheduler, then lets gunicorn's worker loop end; the master exits after it.
+4. It stops the engine loop, then lets gunicorn's worker loop end; the master exits after it.
 
 Steps 2-3 are bounded by `GRACEFUL_TIMEOUT` (minus a margin), after which the master kills anyway.
 """

@@ -24,9 +24,8 @@ import requests
 import torch
 
 from server.config import Settings
+from server.engine.engine import build_loop
 from server.engine.request import GenerationParams, GenerationRequest, collect
-from server.engine.runner import ModelRunner
-from server.engine.scheduler import Scheduler
 from server.model import loader
 from tools.local_server import start_server
 
@@ -56,15 +55,15 @@ def _alone(loaded: loader.LoadedModel, req: GenerationRequest) -> list[int]:
 
 
 def engine_checks(loaded: loader.LoadedModel, label: str, exact: bool) -> None:
-    sched = Scheduler(ModelRunner(loaded), max_batch_size=16, window_s=0.01)
-    sched.start()
+    loop = build_loop(loaded, Settings(model_path="-", max_batch_size=16, batch_window_ms=10))
+    loop.start()
     try:
         rng = random.Random(0)
         prompts = [" ".join(f"word{rng.randint(0, 99)}" for _ in range(rng.randint(2, 30)))
                    for _ in range(16)]
         reqs = [_req(loaded, p, max_new_tokens=rng.randint(4, 24)) for p in prompts]
         for r in reqs:
-            sched.submit(r)
+            loop.submit(r)
             time.sleep(rng.random() * 0.02)
         got = [collect(r, timeout=300)[0].token_ids for r in reqs]
         same = sum(g == _alone(loaded, r) for g, r in zip(got, reqs, strict=True))
@@ -77,20 +76,20 @@ def engine_checks(loaded: loader.LoadedModel, label: str, exact: bool) -> None:
                         temperature=1.0, top_k=50, seed=42)
 
         alone = sampled()
-        sched.submit(alone)
+        loop.submit(alone)
         a = collect(alone, timeout=300)[0].token_ids
         busy = [_req(loaded, f"busy {i}", max_new_tokens=20) for i in range(6)]
         for r in busy:
-            sched.submit(r)
+            loop.submit(r)
         again = sampled()
-        sched.submit(again)
+        loop.submit(again)
         b = collect(again, timeout=300)[0].token_ids
         check(f"{label}: seeded sample alone == in a busy batch", a == b)
         beam = _req(loaded, "The capital of France is", max_new_tokens=6, extra=(("num_beams", 3),))
-        sched.submit(beam)
+        loop.submit(beam)
         check(f"{label}: beam search (exact lane)", bool(collect(beam, timeout=300)[0].token_ids))
     finally:
-        sched.stop(30)
+        loop.stop(30)
 
 
 def server_checks(model: str, env_extra: dict[str, str], label: str) -> None:

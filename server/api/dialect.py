@@ -30,8 +30,8 @@ from pydantic import BaseModel, ValidationError
 
 from server.api import engine_calls
 from server.api.errors import ApiError, pydantic_message, read_json_object, register_renderer
+from server.engine.engine import Engine
 from server.engine.request import GenerationParams
-from server.engine.service import Engine
 
 Model = TypeVar("Model", bound=BaseModel)
 ErrorBody = Callable[[ApiError], tuple[int, dict[str, Any]]]

@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from server.api.errors import ApiError
-from server.engine.detokenize import IncrementalDetokenizer, find_stop
-from server.engine.params import InvalidParams, build_params
+from server.engine.detokenize import IncrementalDetokenizer
+from server.engine.engine import Engine
+from server.engine.errors import EngineTimeout, EngineUnavailable, InvalidParams, QueueFull, StreamError
+from server.engine.params import build_params
 from server.engine.request import (
-    EngineTimeout,
     FinishEvent,
     FinishReason,
     GenerationParams,
     GenerationRequest,
     SequenceResult,
-    StreamError,
     TokenEvent,
     collect,
 )
-from server.engine.scheduler import EngineUnavailable, QueueFull
-from server.engine.service import Engine
+from server.engine.stops import StopChecker, text_of
 from server.observability import access_log, metrics
 
 
@@ -102,7 +101,7 @@ def run(engine: Engine, request: GenerationRequest) -> list[SequenceResult]:
 
 
 def run_many(engine: Engine, requests: list[GenerationRequest]) -> list[list[SequenceResult]]:
-    """Submit every request first (so the scheduler can batch them), then wait for each."""
+    """Submit every request first (so the engine can batch them), then wait for each."""
     out: list[list[SequenceResult]] = []
     deadline = time.monotonic() + _wait_limit(engine)  # one bound for the whole group, not each
     try:
@@ -162,14 +161,6 @@ class TextDelta:
     finish_reason: FinishReason | None = None
 
 
-@dataclass
-class _SeqText:
-    detok: IncrementalDetokenizer
-    emitted: int = 0  # characters already sent
-    stopped: bool = False
-    held: list[int] = field(default_factory=list)
-
-
 def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens: bool = True,
                 clean_up_tokenization_spaces: bool = False, strip_stop: bool = True) -> Iterator[TextDelta]:
     """Submit now (overload errors raise here, before any response starts), then return an iterator
@@ -187,9 +178,7 @@ def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens:
 def _text_deltas(engine: Engine, request: GenerationRequest, skip_special_tokens: bool,
                  clean_up_tokenization_spaces: bool, strip_stop: bool) -> Iterator[TextDelta]:
     stops = request.params.stop if strip_stop else ()
-    hold = max((len(s) for s in stops), default=1) - 1
-    seqs = [_SeqText(IncrementalDetokenizer(engine.tokenizer, skip_special_tokens,
-                                            clean_up_tokenization_spaces))
+    seqs = [StopChecker(engine.tokenizer, stops, skip_special_tokens, clean_up_tokenization_spaces)
             for _ in range(request.params.num_return_sequences)]
     generated = 0
     try:
@@ -202,29 +191,15 @@ def _text_deltas(engine: Engine, request: GenerationRequest, skip_special_tokens
                 if not event.token_ids:  # logprobs only
                     yield TextDelta(event.index, "", [], event.logprobs, event.top_logprobs)
                     continue
-                seq.detok.add(event.token_ids)
-                text = seq.detok.text
-                cut = find_stop(text, stops, max(0, seq.emitted - hold)) if stops else -1
-                if cut != -1:
-                    seq.stopped = True
-                    end = cut
-                else:
-                    end = max(seq.emitted, len(text) - hold) if stops else len(text)
-                delta = text[seq.emitted:end]
-                seq.emitted = max(seq.emitted, end)
+                delta = seq.add(event.token_ids)
                 yield TextDelta(event.index, delta, event.token_ids, event.logprobs, event.top_logprobs)
             elif isinstance(event, FinishEvent):
-                tail = ""
-                if not seq.stopped:
-                    seq.detok.flush()
-                    text = seq.detok.text
-                    cut = find_stop(text, stops, max(0, seq.emitted - hold)) if stops else -1
-                    end = cut if cut != -1 else len(text)
-                    tail = text[seq.emitted:end]
-                    seq.emitted = end
-                    reason = "stop" if cut != -1 else event.reason
+                was_stopped = seq.stopped
+                tail = seq.flush()
+                if seq.stopped:
+                    reason = event.reason if was_stopped and event.reason == "cancelled" else "stop"
                 else:
-                    reason = "stop" if event.reason != "cancelled" else event.reason
+                    reason = event.reason
                 yield TextDelta(event.index, tail, [], finish_reason=reason)
     except StreamError as exc:
         raise _stream_error(exc) from None
@@ -237,12 +212,9 @@ def final_text(engine: Engine, result: SequenceResult, stops: tuple[str, ...],
                skip_special_tokens: bool = True,
                clean_up_tokenization_spaces: bool = False) -> tuple[str, str]:
     """Decoded text of a finished sequence with any stop string cut off, and its finish reason."""
-    text = engine.decode(result.token_ids, skip_special_tokens, clean_up_tokenization_spaces)
-    reason = result.finish_reason or "length"
-    cut = find_stop(text, stops) if stops else -1
-    if cut != -1:
-        text, reason = text[:cut], "stop"
-    return text, reason
+    text, stopped = text_of(engine.tokenizer, result.token_ids, stops, skip_special_tokens,
+                            clean_up_tokenization_spaces)
+    return text, "stop" if stopped else (result.finish_reason or "length")
 
 
 def stream_many(engine: Engine, requests: list[GenerationRequest], skip_special_tokens: bool = True,

@@ -19,7 +19,7 @@ from flask_limiter.errors import RateLimitExceeded
 
 from server.api.errors import ApiError, render
 from server.config import Settings
-from server.engine.scheduler import EngineUnavailable
+from server.engine.errors import EngineUnavailable
 
 log = logging.getLogger("inferbox.guard")
 
@@ -136,7 +136,7 @@ class Guard:
 
 
 def _queue_full(engine: object) -> bool:
-    sched = getattr(engine, "scheduler", None)
+    sched = getattr(engine, "loop", None)
     depth, limit = getattr(sched, "queue_depth", None), getattr(sched, "max_queued", None)
     return isinstance(depth, int) and isinstance(limit, int) and depth >= limit
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from server.api.errors import ApiError
-from server.engine.scheduler import EngineUnavailable, QueueFull
+from server.engine.errors import EngineUnavailable, QueueFull
 from server.handlers.base import HandlerFailure, ModelRequest
 from server.handlers.service import HandlerEngine, HandlerTimeout
 from server.observability import access_log, metrics

@@ -18,7 +18,7 @@ from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.api.kaito_protocol import KAITO_DEFAULTS, ChatRequest
 from server.api.streaming import sse, sse_response
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from server.observability import metrics
 
 

@@ -1,7 +1,7 @@
 """MosaicML inference API: `/predict`, `/predict_stream` (also under `/v1/`), translation only.
 
 `inputs` is a list of prompts answered as one batch: every prompt is submitted before any is
-awaited, so the scheduler batches them. `parameters` take MosaicML's defaults (temperature 0.8 with
+awaited, so the engine batches them. `parameters` take MosaicML's defaults (temperature 0.8 with
 0 = greedy, top_p 0.95, top_k 50, max_new_tokens 256) and any other `generate` option.
 `/predict_stream` answers one prompt as newline-delimited JSON (what `mcli.predict(stream=True)`
 reads): one `{"outputs": ["<new text>"]}` object per chunk. Errors: `{"error": "<message>",
@@ -21,7 +21,7 @@ from server.api.dialect import Dialect, bad_request, current_engine
 from server.api.errors import ApiError
 from server.api.mosaic_protocol import MOSAIC_DEFAULTS, PredictRequest, PredictStreamRequest
 from server.api.streaming import ndjson, ndjson_response
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from server.observability import metrics
 
 

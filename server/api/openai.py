@@ -27,8 +27,8 @@ from server.api.errors import ApiError
 from server.api.openai_logprobs import chat_logprobs, keep_best, legacy_logprobs, visible_tokens
 from server.api.openai_protocol import MAX_STOP, ChatCompletionRequest, CompletionRequest
 from server.api.openai_streams import FINGERPRINT, Chunk, chat_stream, completion_stream, finish_reason, usage
+from server.engine.engine import Engine
 from server.engine.request import GenerationRequest
-from server.engine.service import Engine
 from server.observability import metrics
 
 # OpenAI's sampling defaults, over the model's generation_config.json

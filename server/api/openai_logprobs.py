@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.api import engine_calls
+from server.engine.engine import Engine
 from server.engine.request import GenerationRequest, SequenceResult
-from server.engine.service import Engine
 
 TopLogprobs = list[list[tuple[int, float]]]
 

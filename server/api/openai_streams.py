@@ -14,8 +14,8 @@ from server.api import engine_calls
 from server.api.errors import ApiError
 from server.api.openai_logprobs import ChoiceState, chat_logprobs, legacy_logprobs
 from server.api.streaming import sse, sse_response
+from server.engine.engine import Engine
 from server.engine.request import GenerationRequest
-from server.engine.service import Engine
 from server.observability import metrics
 
 FINGERPRINT = "inferbox"

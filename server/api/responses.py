@@ -34,8 +34,8 @@ from server.api.responses_protocol import (
     describe,
 )
 from server.api.streaming import sse, sse_response
+from server.engine.engine import Engine
 from server.engine.request import GenerationRequest
-from server.engine.service import Engine
 from server.observability import metrics
 
 

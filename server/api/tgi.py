@@ -35,8 +35,8 @@ from server.api.tgi_protocol import (
     GenerateRequest,
     Parameters,
 )
+from server.engine.engine import Engine
 from server.engine.request import GenerationRequest, SequenceResult
-from server.engine.service import Engine
 from server.observability import metrics
 
 VERSION = "2.4.1-inferbox"  # the TGI API version whose wire format this follows

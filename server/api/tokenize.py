@@ -20,7 +20,7 @@ from server.api.errors import ApiError
 from server.api.openai_protocol import ChatMessage, TextPart
 from server.api.responses_protocol import describe
 from server.api.tokenize_protocol import DetokenizeRequest, TokenizeRequest
-from server.engine.service import Engine
+from server.engine.engine import Engine
 
 
 def _invalid(exc: ValidationError) -> ApiError:

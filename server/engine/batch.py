@@ -5,7 +5,7 @@ Only this module edits the KV cache. State, aligned along the batch axis:
 - the `DynamicCache`: per layer keys/values `[B, heads, T, head_dim]`, padded like the mask;
 - `next_ids [B, 1]`: each row's newest token, not yet in the cache; its position is the row's
   real length (positions count real tokens only, so a padded row sees what it would see alone);
-- `rows`: per-sequence state (request, sampler, stop detection).
+- `rows`: per-sequence state (the policy's sequence, its sampler, its length in the cache).
 `prefill` builds a batch from new rows, `concatenate` merges one into another (padding the shorter
 on the left), `filter` drops finished rows and trims columns that are padding for every kept row.
 See shared notes "batching-algorithm.md" for the approach (TGI's CausalLMBatch).
@@ -19,15 +19,15 @@ left padding; `filter` trims by the mask, not by row lengths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from server.engine.detokenize import IncrementalDetokenizer, find_stop
-from server.engine.request import FinishReason, GenerationRequest
+from server.engine.request import GenerationRequest
 from server.engine.sampling import RowSampler
+from server.engine.step import Sequence
 
 # Decoder-only architectures whose cache is a plain list of `[B, heads, T, head_dim]` layers and
 # whose forward takes explicit position ids: the surgery below is exact for them.
@@ -145,40 +145,15 @@ class Prefix:
 
 @dataclass(eq=False)
 class Row:
-    """One output sequence of one request inside the batch."""
+    """One sequence inside the batch: the policy's `Sequence`, its sampler and its cache length."""
 
-    request: GenerationRequest
-    index: int
+    seq: Sequence
     sampler: RowSampler
     length: int  # real tokens in the cache for this row
-    generated: list[int] = field(default_factory=list)
-    detok: IncrementalDetokenizer | None = None  # only when the request has stop strings
-    finish: FinishReason | None = None
 
     @property
-    def remaining(self) -> int:
-        return self.request.params.max_new_tokens - len(self.generated)
-
-    @property
-    def bound(self) -> int:
-        """The most tokens this row can occupy in the cache before it must finish."""
-        return self.length + 1 + self.remaining
-
-    def accept(self, token: int) -> FinishReason | None:
-        """Record a chosen token; return why the row ends now, if it does."""
-        p = self.request.params
-        self.generated.append(token)
-        self.sampler.append(token)
-        if token in p.eos_token_ids and len(self.generated) >= p.min_new_tokens:
-            return "eos"
-        if self.detok is not None:
-            self.detok.add([token])
-            tail = max(len(s) for s in p.stop) + 16
-            if find_stop(self.detok.text, p.stop, max(0, len(self.detok.text) - tail)) != -1:
-                return "stop"
-        if len(self.generated) >= p.max_new_tokens:
-            return "length"
-        return None
+    def request(self) -> GenerationRequest:
+        return self.seq.request
 
 
 class Batch:
@@ -245,6 +220,11 @@ class Batch:
         self.next_ids = torch.tensor(tokens, dtype=torch.long, device=self.mask.device).unsqueeze(1)
 
     # surgery
+    def drop(self, leaving: set[int]) -> None:
+        """Drop the rows whose sequence's `id` is in `leaving`."""
+        if leaving:
+            self.filter([i for i, r in enumerate(self.rows) if id(r.seq) not in leaving])
+
     def filter(self, keep: list[int]) -> None:
         """Keep only the rows at `keep`; drop cache columns that are padding for all of them."""
         if len(keep) == len(self.rows):

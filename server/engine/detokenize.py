@@ -6,7 +6,10 @@ multi-byte characters; decoding a sliding window and emitting only complete text
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only a type: the scheduling policy uses this module without loading transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 class IncrementalDetokenizer:
@@ -42,13 +45,3 @@ class IncrementalDetokenizer:
         delta = full[len(self.text):] if full.startswith(self.text) else ""
         self.text += delta
         return delta
-
-
-def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
-    """Index of the earliest stop string in text[start:], or -1."""
-    best = -1
-    for stop in stops:
-        i = text.find(stop, start)
-        if i != -1 and (best == -1 or i < best):
-            best = i
-    return best

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from transformers import GenerationConfig
 
+from server.engine.errors import InvalidParams
 from server.engine.request import GenerationParams
 
 # Options a remote client may not set: internal bookkeeping, Python objects, or assisted decoding
@@ -29,10 +30,6 @@ ALLOWED = (set(GenerationConfig().to_dict()) - FORBIDDEN) | {"seed", "stop", "lo
 
 MAX_BEAMS = 16
 MAX_SEQUENCES = 16
-
-
-class InvalidParams(ValueError):
-    """A client error in generation parameters; the message names the offending field."""
 
 
 class _Typed(BaseModel):

@@ -1,7 +1,7 @@
 """The seam between API dialects and the engine: one request type and its token stream.
 
 API modules build a `GenerationRequest` (token ids + `GenerationParams`) and read events from its
-`TokenStream`; the scheduler thread is the only producer. Nothing here knows about HTTP.
+`TokenStream`; the engine loop's thread is the only producer. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from server.engine.errors import EngineTimeout, StreamError, failure_message
 
 FinishReason = Literal["length", "eos", "stop", "cancelled", "timeout", "error"]
 
@@ -93,20 +95,8 @@ class FinishEvent:
 Event = TokenEvent | FinishEvent
 
 
-class StreamError(RuntimeError):
-    """Generation failed inside the engine; `client_error` marks a problem with the request."""
-
-    def __init__(self, message: str, client_error: bool = False) -> None:
-        super().__init__(message)
-        self.client_error = client_error
-
-
-class EngineTimeout(StreamError):
-    """The engine did not finish a request in time (overload, not a fault of the request)."""
-
-
 class TokenStream:
-    """Thread-safe channel of events from the scheduler to one waiting HTTP thread."""
+    """Thread-safe channel of events from the engine loop to one waiting HTTP thread."""
 
     def __init__(self, num_sequences: int = 1) -> None:
         self._queue: queue.Queue[Event | StreamError] = queue.Queue()
@@ -116,7 +106,7 @@ class TokenStream:
         self.first_token_at: float | None = None
         self.closed = threading.Event()
 
-    # producer side (the scheduler thread)
+    # producer side (the engine loop's thread)
     def push(self, index: int, token_ids: list[int], logprobs: list[float] | None = None,
              top_logprobs: list[list[tuple[int, float]]] | None = None) -> None:
         if self.first_token_at is None:
@@ -132,6 +122,11 @@ class TokenStream:
     def fail(self, message: str, client_error: bool = False) -> None:
         self._queue.put(StreamError(message, client_error))
         self.closed.set()
+
+    def fail_with(self, exc: BaseException) -> None:
+        """Fail this stream for an exception raised while generating (unless it already ended)."""
+        if not self.closed.is_set():
+            self.fail(*failure_message(exc))
 
     # consumer side (an HTTP thread)
     def cancel(self) -> None:

@@ -1,170 +1,158 @@
-"""The model runner: runs exact `model.generate` on a group of requests that share parameters.
+"""The model runner: every forward pass of the engine, one `StepPlan` at a time.
 
-The exact lane of the engine (fallback.py): options a batched decode step cannot reproduce (beam
-search, constrained decoding, ...). Tokens are streamed per step through a stopping criterion,
-which also applies cancellation, deadlines and stop strings per row. When logprobs are wanted, a
-row's finish event waits until its logprobs (read from `generate`'s logits at the end) are pushed,
-so that a stream never ends before them.
+It owns the model-side state the policy never sees: the running `Batch` (KV cache, masks), each
+row's sampler (parameters, history, random generator), and the keys/values of shared prefixes.
+`run(plan)` drops the rows the policy ended, merges the rows prefilled in the previous step, then
+runs the step: a batched prefill of new rows (on top of a shared prefix when the plan names one),
+a batched decode of every running row, or one exact `generate` call (exact.py). It samples one
+token per row and hands them back in a `StepOutput`; the policy decides what they mean.
+
+Failure isolation: a failed prefill fails only the newcomers; a failed decode or merge fails the
+rows of that batch; a row whose distribution broke fails alone; the runner itself keeps going.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from server.engine.request import FinishReason, GenerationRequest
+from server.engine.batch import Batch, Prefix, Row, supports_batching
+from server.engine.errors import InvalidDistribution
+from server.engine.exact import generate_exact
+from server.engine.request import GenerationRequest
+from server.engine.sampling import RowSampler, choose
+from server.engine.step import Sampled, Sequence, StepOutput, StepPlan
 from server.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
 
-class _RowState:
-    __slots__ = ("request", "index", "generated", "done", "text_tail", "defer_finish", "reason")
-
-    def __init__(self, request: GenerationRequest, index: int, defer_finish: bool = False) -> None:
-        self.request = request
-        self.index = index
-        self.generated: list[int] = []
-        self.done = False
-        self.text_tail = ""
-        self.defer_finish = defer_finish  # finish only after the logprobs were pushed
-        self.reason: FinishReason | None = None
-
-
-class _StreamingCriteria(StoppingCriteria):
-    """Streams each row's newest token and ends rows on EOS, stop strings, cancel or deadline."""
-
-    def __init__(self, rows: list[_RowState], loaded: LoadedModel, stream: bool) -> None:
-        self.rows = rows
-        self.loaded = loaded
-        self.stream = stream
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        now = time.monotonic()
-        if not self.stream:  # beam search: rows are beams; stop only when every request gave up
-            stop = all(r.request.stream.cancelled or (r.request.deadline or now + 1) < now for r in self.rows)
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        last = input_ids[:, -1].tolist()
-        for i, row in enumerate(self.rows):
-            req = row.request
-            if row.done:
-                done[i] = True
-                continue
-            token = int(last[i])
-            row.generated.append(token)
-            req.stream.push(row.index, [token])
-            reason = self._finished(row, token)
-            if reason is not None:
-                _finish(row, reason)
-            if req.stream.cancelled:
-                _finish(row, "cancelled")
-            elif req.deadline is not None and now > req.deadline:
-                _finish(row, "timeout")
-            done[i] = row.done
-        return done
-
-    def _finished(self, row: _RowState, token: int) -> FinishReason | None:
-        params = row.request.params
-        if token in params.eos_token_ids and len(row.generated) >= params.min_new_tokens:
-            return "eos"
-        if params.stop:
-            piece = self.loaded.tokenizer.decode([token], skip_special_tokens=True)
-            row.text_tail = (row.text_tail + piece)[-(max(len(s) for s in params.stop) + 16):]
-            if any(s in row.text_tail for s in params.stop):
-                return "stop"
-        if len(row.generated) >= params.max_new_tokens:
-            return "length"
-        return None
-
-
-def _finish(row: _RowState, reason: FinishReason) -> None:
-    if not row.done:
-        row.done = True
-        row.reason = reason
-        if not row.defer_finish:
-            row.request.stream.finish(row.index, reason)
-
-
 class ModelRunner:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
+        self.model = loaded.model
+        self._batch: Batch | None = None
+        self._fresh: Batch | None = None  # prefilled in the last step; merged at the next one
+        self._prefixes: dict[tuple[int, ...], Prefix] = {}
+        out = self.model.get_output_embeddings()
+        self._logits_device = out.weight.device if out is not None else loaded.device
 
-    @torch.inference_mode()
-    def generate(self, requests: Sequence[GenerationRequest]) -> None:
-        """Run one `generate` call for requests whose parameters are identical (seed aside)."""
-        params = requests[0].params
-        n = params.num_return_sequences
-        pad = self.loaded.pad_token_id
-        width = max(r.prompt_tokens for r in requests)
-        ids = torch.full((len(requests), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, width - r.prompt_tokens:] = torch.tensor(r.input_ids)
-            mask[i, width - r.prompt_tokens:] = 1
-        device = self.loaded.device
-        config = GenerationConfig(**params.generate_kwargs(), return_dict_in_generate=True,
-                                  output_logits=params.logprobs)
-        beams = int(config.num_beams or 1)
-        # Per-step streaming only where each row of generate's input is one output sequence.
-        stream = beams == 1
-        want_scores = params.logprobs
-        rows = [_RowState(r, j, defer_finish=want_scores) for r in requests for j in range(n)]
-        criteria = _StreamingCriteria(rows, self.loaded, stream)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        out = self.loaded.model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            generation_config=config,
-            stopping_criteria=StoppingCriteriaList([criteria]),
-        )
-        sequences = out.sequences[:, width:].tolist()
-        logits = out.logits if want_scores else None
+    def supports_batching(self) -> tuple[bool, str]:
+        return supports_batching(self.model)
+
+    @property
+    def rows(self) -> int:
+        """Rows held in the KV cache (running and just prefilled)."""
+        return sum(len(b) for b in (self._batch, self._fresh) if b is not None)
+
+    def reset(self) -> None:
+        """Forget every row (after a failure the policy could not attribute)."""
+        self._batch = self._fresh = None
+
+    def run(self, plan: StepPlan) -> StepOutput:
+        out = StepOutput()
+        leaving = {id(s) for s in plan.drop}
+        for batch in (self._batch, self._fresh):
+            if batch is not None:
+                batch.drop(leaving)
+        for key in [k for k in self._prefixes if k not in plan.prefixes]:
+            del self._prefixes[key]
+        self._merge(out)
+        if plan.kind == "prefill":
+            self._prefill(plan, out)
+        elif plan.kind == "decode":
+            self._decode(out)
+        elif plan.kind == "exact" and plan.exact:
+            self._exact(plan.exact, out)
+        return out
+
+    # steps
+    def _merge(self, out: StepOutput) -> None:
+        fresh, self._fresh = self._fresh, None
+        if not fresh:
+            return
+        if not self._batch:
+            self._batch = fresh
+            return
+        try:
+            self._batch.concatenate(fresh)
+        except Exception as exc:
+            log.exception("merging %d row(s) into the batch failed", len(fresh))
+            _fail(out, self._batch.rows + fresh.rows, exc)
+            self._batch = None
+
+    def _prefill(self, plan: StepPlan, out: StepOutput) -> None:
+        try:
+            rows = [self._row(seq) for seq in plan.rows]
+            with self.loaded.exclusive():
+                prefix = self._prefix(plan.prefix)
+                fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
+            self._sample(fresh, logits, out)
+        except Exception as exc:  # fail the newcomers only; the running batch is untouched
+            log.exception("prefill failed for %d row(s)", len(plan.rows))
+            out.failed.extend((req, exc) for req in _distinct(s.request for s in plan.rows))
+            return
+        self._fresh = fresh
+
+    def _decode(self, out: StepOutput) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        try:
+            with self.loaded.exclusive():
+                logits = batch.decode(self.model)
+            self._sample(batch, logits, out)
+        except Exception as exc:  # fail this step's rows; keep serving the queue
+            log.exception("decode step failed for %d row(s)", len(batch))
+            _fail(out, batch.rows, exc)
+            self._batch = None
+
+    def _exact(self, group: list[GenerationRequest], out: StepOutput) -> None:
+        try:
+            with self.loaded.exclusive():
+                generate_exact(self.loaded, group)
+        except Exception as exc:  # one failed call fails its requests, not the server
+            log.exception("exact generate failed for %d request(s)", len(group))
+            out.failed.extend((r, exc) for r in group)
+
+    # helpers
+    def _row(self, seq: Sequence) -> Row:
+        req = seq.request
+        return Row(seq, RowSampler(req.params, req.input_ids, seq.index, self._logits_device),
+                   length=req.prompt_tokens)
+
+    def _prefix(self, ids: tuple[int, ...] | None) -> Prefix | None:
+        if ids is None:
+            return None
+        prefix = self._prefixes.get(ids)
+        if prefix is None:
+            prefix = self._prefixes[ids] = Prefix.compute(self.model, list(ids))
+        return prefix
+
+    def _sample(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
+        """Choose one token per row; a row whose distribution broke fails its request alone."""
+        rows = batch.rows
+        want = [r.request.params.top_logprobs if r.request.params.logprobs else -1 for r in rows]
+        choice = choose(logits, [r.sampler for r in rows], want)
+        bad = {id(rows[i].request) for i in choice.invalid}
+        broken = _distinct(rows[i].request for i in choice.invalid)
+        out.failed.extend((req, InvalidDistribution()) for req in broken)
         for i, row in enumerate(rows):
-            if stream:
-                tokens = row.generated
-            else:
-                tokens = _trim(sequences[i], row.request.params.eos_token_ids, pad)
-                row.generated = tokens
-                row.request.stream.push(row.index, tokens)
-            if logits is not None and tokens:
-                lp, top = _logprobs(logits, i, tokens, params.top_logprobs)
-                row.request.stream.push(row.index, [], lp, top)
-            if not row.done:
-                hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
-                reason: FinishReason = "eos" if hit_eos else "length"
-                if not stream and params.stop:
-                    text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
-                    if any(s in text for s in params.stop):
-                        reason = "stop"
-                _finish(row, reason)
-            if row.defer_finish:  # the logprobs are out: now the finish event
-                row.request.stream.finish(row.index, row.reason)
+            if id(row.request) in bad:
+                continue
+            token = choice.tokens[i]
+            row.sampler.append(token)
+            out.sampled.append(Sampled(row.seq, token, choice.logprobs[i], choice.top_logprobs[i]))
+        batch.set_next(choice.tokens)
+        if bad:
+            batch.filter([i for i, r in enumerate(rows) if id(r.request) not in bad])
 
 
-def _trim(tokens: list[int], eos: tuple[int, ...], pad: int) -> list[int]:
-    """Cut a finished row after its first EOS; drop trailing padding."""
-    for k, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: k + 1]
-    while tokens and tokens[-1] == pad:
-        tokens = tokens[:-1]
-    return tokens
+def _distinct(requests: Iterable[GenerationRequest]) -> list[GenerationRequest]:
+    return list({id(r): r for r in requests}.values())
 
 
-def _logprobs(logits: tuple[torch.Tensor, ...], row: int, tokens: list[int],
-              top_n: int) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
-    lps: list[float] = []
-    tops: list[list[tuple[int, float]]] = []
-    for step, token in enumerate(tokens[: len(logits)]):
-        logp = torch.log_softmax(logits[step][row].float(), dim=-1)
-        lps.append(float(logp[token]))
-        if top_n:
-            values, idx = logp.topk(top_n)
-            tops.append([(int(t), float(v)) for t, v in zip(idx.tolist(), values.tolist(), strict=True)])
-    return lps, (tops if top_n else None)
+def _fail(out: StepOutput, rows: list[Row], exc: BaseException) -> None:
+    out.failed.extend((req, exc) for req in _distinct(r.request for r in rows))

@@ -6,7 +6,7 @@ scores a finished completion (prompt + generated ids) when an engine did not del
 logprobs: the values are the raw model distribution, as `output_logits` would give them.
 
 This is a read-only forward pass on the caller's thread, serialised by a lock; it does not touch the
-scheduler's batch state. The continuous-batching engine may fold it into its own loop as a request
+engine loop's batch state. The continuous-batching engine may fold it into its own loop as a request
 kind without changing this signature.
 """
 

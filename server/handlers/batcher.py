@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.scheduler import EngineUnavailable, QueueFull
+from server.engine.errors import EngineUnavailable, QueueFull
 from server.handlers.base import HandlerFailure, ModelRequest
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The engine of a handler-served model kind (embeddings, a user's MosaicML handler), with the same
 surface the guard, `/health`, the drain and the metrics use for the chat engine: `loaded`,
-`healthy`, `draining`, `load_error`, `scheduler` (queue depth, running rows) and `drain()`.
+`healthy`, `draining`, `load_error`, `loop` (queue depth, running rows) and `drain()`.
 
 The handler is built on a background thread after gunicorn forks, like the chat model.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.config import Settings
-from server.engine.scheduler import EngineUnavailable
+from server.engine.errors import EngineUnavailable
 from server.handlers import loading
 from server.handlers.base import HandlerFailure, ModelRequest, iterate, stream_of
 from server.handlers.batcher import Job, PredictBatcher
@@ -50,7 +50,7 @@ class HandlerEngine:
         self.settings = settings
         self.kind = settings.model_kind
         self.loaded: LoadedHandler | None = None  # the handler, once built
-        self.scheduler: PredictBatcher | None = None
+        self.loop: PredictBatcher | None = None
         self.limits = None  # no generation limits: the generation endpoints refuse this kind
         self.load_error: str | None = None
         self.draining = False
@@ -75,7 +75,7 @@ class HandlerEngine:
                                      max_batch_tokens=s.max_batch_tokens, window_s=s.batch_window_ms / 1000.0,
                                      max_queued=s.max_queued_requests, on_batch=self._on_batch)
             batcher.start()
-            self.scheduler = batcher
+            self.loop = batcher
             self.loaded = LoadedHandler.of(handler)
             self._ready.set()
             threading.Thread(target=self._watch, name="batcher-watchdog", daemon=True).start()
@@ -93,10 +93,10 @@ class HandlerEngine:
 
     @property
     def healthy(self) -> bool:
-        return self._ready.is_set() and self.scheduler is not None and self.scheduler.alive
+        return self._ready.is_set() and self.loop is not None and self.loop.alive
 
     def _watch(self, period: float = 0.5) -> None:
-        sched = self.scheduler
+        sched = self.loop
         while sched is not None and not self.draining and sched.alive:
             time.sleep(period)
         if sched is not None and not self.draining:
@@ -105,13 +105,13 @@ class HandlerEngine:
 
     def drain(self, timeout: float | None = None) -> None:
         self.draining = True
-        if self.scheduler is not None:
-            self.scheduler.stop(timeout)
+        if self.loop is not None:
+            self.loop.stop(timeout)
 
     # ------------------------------------------------------------------ request path
     @property
     def handler(self) -> Any:
-        if self.loaded is None or self.scheduler is None:
+        if self.loaded is None or self.loop is None:
             raise EngineUnavailable("the model is not loaded yet")
         if self.draining:
             raise EngineUnavailable("the server is shutting down")
@@ -141,11 +141,11 @@ class HandlerEngine:
         """Queue every input (batched with everyone else's), wait for all; outputs in input order.
         Raises HandlerFailure, HandlerTimeout, QueueFull or EngineUnavailable."""
         self.handler  # noqa: B018 - raises while loading or draining
-        assert self.scheduler is not None
+        assert self.loop is not None
         deadline = time.monotonic() + self.settings.request_timeout_s
         costs = costs or [1] * len(requests)
         jobs = [Job(r, c, deadline) for r, c in zip(requests, costs, strict=True)]
-        self.scheduler.submit(jobs)
+        self.loop.submit(jobs)
         try:
             for job in jobs:
                 if not job.done.wait(max(0.0, deadline - time.monotonic()) + 5.0) or job.expired:
@@ -165,5 +165,5 @@ class HandlerEngine:
         """The handler's `predict_stream(**request)` as text chunks (HandlerFailure on error)."""
         handler = self.handler
         fn = stream_of(handler)
-        assert fn is not None and self.scheduler is not None
-        return iterate(handler, self.scheduler.stream(fn, request))
+        assert fn is not None and self.loop is not None
+        return iterate(handler, self.loop.stream(fn, request))

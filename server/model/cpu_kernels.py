@@ -1,17 +1,28 @@
-"""oneDNN matmuls for a model's linear layers on the CPU.
+"""CPU linear kernels chosen per call by row count: PyTorch's `F.linear` or oneDNN's matmul.
 
-Why: at decode batch sizes (one to a few dozen rows), PyTorch's default CPU path for `F.linear`
-streams the weights at a fraction of the memory bandwidth. oneDNN's matmul, which ships inside
-PyTorch (`torch.ops.mkldnn._linear_pointwise`, what `torch.compile` emits for CPU linears), runs
-the same layers up to twice as fast here (the embedded model's LM head at 8 rows: 17 ms -> 9 ms),
-with no compile step and the same weights (no copy, tied weights stay tied). Results agree with
-`F.linear` to float rounding; the batched engine and exact `generate` share the patched model.
+Why: neither kernel wins everywhere. oneDNN's matmul, which ships inside PyTorch
+(`torch.ops.mkldnn._linear_pointwise`, what `torch.compile` emits for CPU linears), streams large
+weights faster from several rows on (the embedded model's LM head at 32 rows: 15.4 ms -> 12.7 ms),
+but costs more at one or two rows (down_proj at one row: 0.04 ms -> 0.15 ms; the LM head at two:
+4.2 ms -> 6.7 ms), which made a single request about 1.9x slower than with `F.linear`.
+
+So each float32 `nn.Linear` carries a small table: for each row bucket (a call's rows rounded up
+to 1, 2, 4, 8, ... 256) which kernel to use, and every call looks its row count up in it: a batch
+of any size, a prefill or the exact lane's `generate` each get their kernel. `CPU_LINEAR`:
+- `auto` (the default): fixed thresholds, `F.linear` up to `TORCH_MAX_ROWS` rows, oneDNN above;
+- `measure`: time both kernels once at start-up on each distinct weight shape and row bucket and
+  keep the faster (for other hardware; on a busy machine the timings, and so the choice, are noisy);
+- `onednn` or `torch`: one kernel at every row count.
+Both kernels use the same weights (no copy; tied weights stay tied) and agree to float rounding.
+`python -m bench.kernels` prints the measured table.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +30,26 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-def _onednn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # rows beyond the last use its choice
+TORCH_MAX_ROWS = 2  # `auto`: F.linear up to this many rows (buckets 1, 2), oneDNN above (c=4 measured faster)
+MODES = ("auto", "measure", "onednn", "torch")
+
+
+def bucket(rows: int) -> int:
+    """Index in ROW_BUCKETS of the smallest bucket holding `rows`."""
+    return min(len(ROW_BUCKETS) - 1, max(0, rows - 1).bit_length())
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _by_rows_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != self.weight.dtype or torch.is_grad_enabled():  # inference only; else the default
         return F.linear(x, self.weight, self.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+    if self.onednn_rows[bucket(x.numel() // x.shape[-1])]:
+        return _onednn(x, self.weight, self.bias)
+    return F.linear(x, self.weight, self.bias)
 
 
 def onednn_works() -> bool:
@@ -35,26 +62,82 @@ def onednn_works() -> bool:
             w = torch.randn(96, 64, generator=gen)
             b = torch.randn(96, generator=gen)
             x = torch.randn(3, 5, 64, generator=gen)
-            got = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-            return bool(torch.allclose(got, F.linear(x, w, b), rtol=1e-4, atol=1e-4))
+            return bool(torch.allclose(_onednn(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
 
-def use_onednn_linear(model: nn.Module) -> int:
-    """Route the model's plain `nn.Linear` layers on the CPU through oneDNN; returns how many.
+@dataclass(frozen=True)
+class Timing:
+    """Best-of-`reps` milliseconds of one call of each kernel on a layer shape at a row count."""
 
-    Only exact `nn.Linear` instances whose weights are float32 on the CPU: quantized or adapter
-    layers (subclasses, other dtypes) and accelerator weights keep their own kernels."""
+    out_features: int
+    in_features: int
+    rows: int
+    torch_ms: float
+    onednn_ms: float
+
+    @property
+    def onednn_wins(self) -> bool:
+        return self.onednn_ms < self.torch_ms
+
+
+def _best_ms(fn, reps: int) -> float:
+    fn()  # warm-up (oneDNN primitive creation, caches)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+@torch.inference_mode()
+def measure(layer: nn.Linear, rows: int, reps: int = 3) -> Timing:
+    x = torch.randn(rows, layer.in_features, dtype=layer.weight.dtype)
+    w, b = layer.weight, layer.bias
+    return Timing(layer.out_features, layer.in_features, rows,
+                  _best_ms(lambda: F.linear(x, w, b), reps), _best_ms(lambda: _onednn(x, w, b), reps))
+
+
+def _eligible(model: nn.Module) -> list[nn.Linear]:
+    """Exact `nn.Linear` instances with float32 weights on the CPU: quantized or adapter layers
+    (subclasses, other dtypes) and accelerator weights keep their own kernels."""
+    return [m for m in model.modules() if type(m) is nn.Linear
+            and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+
+
+def kernel_table(model: nn.Module, reps: int = 3) -> dict[tuple[int, int], list[Timing]]:
+    """Both kernels timed on each distinct weight shape of the model, at every row bucket."""
+    table: dict[tuple[int, int], list[Timing]] = {}
+    for layer in _eligible(model):
+        shape = (layer.out_features, layer.in_features)
+        if shape not in table:
+            table[shape] = [measure(layer, rows, reps) for rows in ROW_BUCKETS]
+    return table
+
+
+def use_kernels_by_rows(model: nn.Module, mode: str = "auto") -> int:
+    """Route the model's eligible linear layers through the per-row-count choice; returns how many."""
+    if mode == "torch":
+        return 0
     if not onednn_works():
         log.info("oneDNN linear kernels unavailable in this torch build; using torch's default")
         return 0
-    count = 0
-    for module in model.modules():
-        if type(module) is not nn.Linear:
-            continue
-        w = module.weight
-        if w.device.type == "cpu" and w.dtype == torch.float32:
-            module.forward = types.MethodType(_onednn_forward, module)
-            count += 1
-    return count
+    layers = _eligible(model)
+    fixed = tuple(mode == "onednn" or rows > TORCH_MAX_ROWS for rows in ROW_BUCKETS)
+    measured: dict[tuple[int, int], tuple[bool, ...]] = {}
+    if mode == "measure":
+        for shape, timings in kernel_table(model).items():
+            measured[shape] = tuple(t.onednn_wins for t in timings)
+            log.info("linear %dx%d: oneDNN at rows %s, F.linear at the others", *shape,
+                     [t.rows for t in timings if t.onednn_wins])
+    for layer in layers:
+        layer.onednn_rows = measured.get((layer.out_features, layer.in_features), fixed)
+        layer.forward = types.MethodType(_by_rows_forward, layer)
+    return len(layers)
+
+
+def use_onednn_linear(model: nn.Module) -> int:
+    """oneDNN at every row count (CPU_LINEAR=onednn)."""
+    return use_kernels_by_rows(model, "onednn")

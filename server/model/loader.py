@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from server.config import Settings
 from server.model import quantize
-from server.model.cpu_kernels import use_onednn_linear
+from server.model.cpu_kernels import use_kernels_by_rows
 from server.presets import PRESETS_DIR
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,9 @@ def load(s: Settings) -> LoadedModel:
                              "quantize (torch.nn.Linear); serve it with QUANTIZATION=none")
     if not cuda:
         model.to("cpu")
-        if s.cpu_linear == "onednn":
-            n = use_onednn_linear(model)  # quanto's QLinear layers keep quanto's kernels
-            log.info("oneDNN kernels for %d linear layers (CPU_LINEAR=torch turns this off)", n)
+        if s.cpu_linear != "torch":
+            n = use_kernels_by_rows(model, s.cpu_linear)  # quanto's QLinear layers keep quanto's kernels
+            log.info("CPU_LINEAR=%s: %d linear layers choose their kernel by row count", s.cpu_linear, n)
     model.eval()
     template = read_chat_template(s.chat_template)
     if template:

@@ -17,9 +17,9 @@ TOKENS_OUT = Counter("inferbox_generated_tokens", "Tokens generated", registry=R
 QUEUE_DEPTH = Gauge("inferbox_queue_depth", "Requests waiting for the engine", registry=REGISTRY)
 BATCH_SIZE = Gauge("inferbox_running_batch_size", "Requests in the running batch", registry=REGISTRY)
 ENGINE_PATH = Counter("inferbox_engine_path",
-                      "Requests by engine path: batched (continuous batching) or generate (exact fallback)",
+                      "Requests by engine path: batched (continuous batching) or exact (model.generate)",
                       ["path"], registry=REGISTRY)
-for _path in ("batched", "generate"):  # export both series from the start, at zero
+for _path in ("batched", "exact"):  # export both series from the start, at zero
     ENGINE_PATH.labels(path=_path)
 STEPS = Counter("inferbox_engine_steps", "Batched forward passes: prefill (admits new rows), decode, or "
                 "predict (a model handler's batch: embeddings, MosaicML handlers)",

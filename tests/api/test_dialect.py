@@ -16,8 +16,8 @@ from server.api.dialect import Dialect, bad_request, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.app import create_app
 from server.config import Settings
+from server.engine.engine import Engine
 from server.engine.params import ModelLimits
-from server.engine.service import Engine
 
 KEY = "dialect-test-key"
 

@@ -11,7 +11,7 @@ from server.api import errors
 from server.api.guard import key_id, match_key, presented_keys
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 
 KEYS = ("alpha-key-123", "beta-key-456")
 
@@ -164,7 +164,7 @@ def test_full_queue_sheds_posts_before_parsing(client) -> None:
     from types import SimpleNamespace
 
     engine = client.application.extensions["inferbox.engine"]
-    engine.scheduler = SimpleNamespace(queue_depth=8, max_queued=8, running=4, alive=True)
+    engine.loop = SimpleNamespace(queue_depth=8, max_queued=8, running=4, alive=True)
     r = client.post("/chat", data=b"not even json", headers={"x-api-key": "alpha-key-123"})
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     assert "overloaded" in r.get_json()["detail"]
@@ -172,7 +172,7 @@ def test_full_queue_sheds_posts_before_parsing(client) -> None:
         "error"]["type"] == "overloaded"
     assert client.post("/chat", json={"prompt": "hi"}).status_code == 401  # keys first
     assert client.get("/metrics").status_code == 200
-    engine.scheduler.queue_depth = 7
+    engine.loop.queue_depth = 7
     r = client.post("/chat", data=b"not even json", headers={"x-api-key": "alpha-key-123"})
     assert r.status_code == 400
 

@@ -8,7 +8,7 @@ from flask.testing import FlaskClient
 
 from server.app import create_app
 from server.config import Settings, load_settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 
 MSG = [{"role": "user", "content": "hi"}]
 KEY = "tok-key-1"

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from server.config import Settings
+from server.engine.loop import EngineLoop
+from server.engine.policy import Policy, PolicyLimits
 from server.engine.request import GenerationParams, GenerationRequest
 from server.engine.runner import ModelRunner
-from server.engine.scheduler import Scheduler
+from server.engine.stops import StopChecker
 from server.model import loader
 from tests.conftest import MODEL_DIR
 
@@ -22,19 +24,33 @@ def loaded() -> loader.LoadedModel:
     return loader.load(Settings(model_path=str(MODEL_DIR), torch_dtype="float32", device_map="cpu"))
 
 
-@pytest.fixture
-def make_scheduler(loaded: loader.LoadedModel) -> Iterator[Callable[..., Scheduler]]:
-    """Start schedulers with the given settings; stop them when the test ends."""
-    started: list[Scheduler] = []
+def build_loop(loaded: loader.LoadedModel, window_s: float = 0.005, batching: bool | None = None,
+               **limits) -> EngineLoop:
+    """An engine loop (not started) on the loaded model; `loop.paths` records each request's path."""
+    paths: list[str] = []
+    runner = ModelRunner(loaded)
+    if batching is None:
+        batching = runner.supports_batching()[0]
+    policy = Policy(PolicyLimits(**limits), batching=batching, on_path=paths.append,
+                    stop_checker=lambda p: StopChecker(loaded.tokenizer, p.stop))
+    loop = EngineLoop(policy, runner, window_s=window_s)
+    loop.paths = paths  # type: ignore[attr-defined]
+    return loop
 
-    def make(**kwargs) -> Scheduler:
-        paths: list[str] = []
-        kwargs.setdefault("on_path", paths.append)
-        sched = Scheduler(ModelRunner(loaded), **kwargs)
-        sched.paths = paths  # type: ignore[attr-defined]
-        sched.start()
-        started.append(sched)
-        return sched
+
+@pytest.fixture
+def make_loop(loaded: loader.LoadedModel) -> Iterator[Callable[..., EngineLoop]]:
+    """Start engine loops with the given settings; stop them when the test ends."""
+    started: list[EngineLoop] = []
+
+    def make(queued: list[GenerationRequest] = (), **kwargs) -> EngineLoop:
+        """`queued` wait in the queue before the loop starts: they arrive as one deterministic group."""
+        loop = build_loop(loaded, **kwargs)
+        for r in queued:
+            loop.policy.add(r)
+        loop.start()
+        started.append(loop)
+        return loop
 
     yield make
     for s in started:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from server.engine.detokenize import IncrementalDetokenizer, find_stop
+from server.engine.detokenize import IncrementalDetokenizer
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct"
 
@@ -27,9 +27,3 @@ def test_incremental_equals_full_decode(tokenizer, text: str) -> None:
     deltas.append(detok.flush())
     assert "".join(deltas) == tokenizer.decode(ids)
     assert all("\ufffd" not in d for d in deltas)
-
-
-def test_find_stop_earliest() -> None:
-    assert find_stop("abc END x STOP", ("STOP", "END")) == 4
-    assert find_stop("abc", ("x",)) == -1
-    assert find_stop("END abc END", ("END",), start=1) == 8

@@ -1,5 +1,5 @@
 """In-process app on the embedded model: the per-request timeout ends generation with an answer, and
-a dead scheduler thread turns /health to 503 and answers the clients that were waiting on it."""
+a dead engine loop thread turns /health to 503 and answers the clients that were waiting on it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from server.app import create_app
 from server.config import Settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from tests.conftest import MODEL_DIR
 
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="run `make model`")
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="run `make model`")]
 
 
 def _app(**overrides):
@@ -53,10 +54,10 @@ def test_request_timeout_ends_generation_and_answers() -> None:
 
 
 class _Crash(BaseException):
-    """Not an Exception: escapes the scheduler's per-step handler and kills its thread."""
+    """Not an Exception: escapes the loop's per-step handler and kills its thread."""
 
 
-def test_dead_scheduler_makes_health_503_and_answers_waiting_clients(monkeypatch) -> None:
+def test_dead_engine_loop_makes_health_503_and_answers_waiting_clients(monkeypatch) -> None:
     app, engine = _app()
     client = app.test_client()
     assert client.get("/health").status_code == 200
@@ -67,7 +68,7 @@ def test_dead_scheduler_makes_health_503_and_answers_waiting_clients(monkeypatch
         time.sleep(0.2)
         raise _Crash("injected")
 
-    monkeypatch.setattr(engine.scheduler, "_step", crash)  # the loop's one step: prefill + decode
+    monkeypatch.setattr(engine.loop, "step", crash)  # the loop's one step
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # keep the test output clean
     result: dict = {}
 
@@ -79,7 +80,7 @@ def test_dead_scheduler_makes_health_503_and_answers_waiting_clients(monkeypatch
     t.start()
     assert entered.wait(30)
     t.join(30)
-    assert not t.is_alive(), "the waiting request hung after the scheduler died"
+    assert not t.is_alive(), "the waiting request hung after the engine loop died"
     assert result["status"] >= 500 and "engine stopped" in result["body"]["detail"]
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json()["detail"] == "Engine is not running"

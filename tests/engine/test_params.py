@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.params import InvalidParams, ModelLimits, build_params
+from server.engine.errors import InvalidParams
+from server.engine.params import ModelLimits, build_params
 
 LIMITS = ModelLimits(context_length=100, eos_token_ids=(2,), pad_token_id=2, vocab_size=1000,
                      generation_defaults={"bos_token_id": 1, "eos_token_id": 2})

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from server.engine.scheduler import QueueFull
+from server.engine.errors import QueueFull
 from server.handlers.base import HandlerFailure
 from server.handlers.batcher import Job, PredictBatcher
 from tests.handlers.fixtures.counting_handler import CountingHandler

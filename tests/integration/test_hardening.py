@@ -161,7 +161,7 @@ def test_prometheus_series(hard: ServerProcess) -> None:
                    'inferbox_requests_total{endpoint="/chat",status="200"}',
                    "inferbox_queue_depth", "inferbox_running_batch_size", "inferbox_prompt_tokens_total",
                    "inferbox_generated_tokens_total", "inferbox_time_to_first_token_seconds_count",
-                   "inferbox_request_latency_seconds_bucket", 'inferbox_engine_path_total{path="generate"}',
+                   "inferbox_request_latency_seconds_bucket", 'inferbox_engine_path_total{path="exact"}',
                    "inferbox_inflight_requests", "inferbox_draining 0.0"):
         assert series in text, series
     ttft = [ln for ln in text.splitlines() if ln.startswith("inferbox_time_to_first_token_seconds_count")]

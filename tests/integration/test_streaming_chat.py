@@ -67,12 +67,12 @@ def _path_count(base_url: str, path: str) -> float:
 
 
 def test_engine_path_metric_shows_batched_and_exact_generate(base_url):
-    batched, exact = _path_count(base_url, "batched"), _path_count(base_url, "generate")
+    batched, exact = _path_count(base_url, "batched"), _path_count(base_url, "exact")
     _chat(base_url, {"prompt": "The sky is", "generate_kwargs": {"max_new_tokens": 4, "do_sample": False}})
     assert _path_count(base_url, "batched") == batched + 1
     _chat(base_url, {"prompt": "The sky is", "generate_kwargs": {"max_new_tokens": 4, "num_beams": 2,
                                                                "do_sample": False}})
-    assert _path_count(base_url, "generate") == exact + 1
+    assert _path_count(base_url, "exact") == exact + 1
     text = requests.get(base_url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
     assert re.search(r"^inferbox_running_batch_size \d", text, re.M)
 

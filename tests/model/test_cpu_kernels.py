@@ -11,12 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from bench.workload import messages
 from server.config import Settings
-from server.model import loader
-from server.model.cpu_kernels import onednn_works, use_onednn_linear
+from server.model import cpu_kernels, loader
+from server.model.cpu_kernels import onednn_works, use_kernels_by_rows, use_onednn_linear
 from tests.conftest import MODEL_DIR
 from tests.model.test_loader import _tiny_model_dir
 
-pytestmark = pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN")
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN")]
 
 
 def _patched(model: nn.Module) -> list[str]:
@@ -53,7 +54,7 @@ def test_other_dtypes_and_subclasses_keep_their_kernel() -> None:
 
 def test_loader_setting(tmp_path: Path) -> None:
     path = _tiny_model_dir(tmp_path)
-    assert _patched(loader.load(Settings(model_path=str(path))).model)  # the default: onednn
+    assert _patched(loader.load(Settings(model_path=str(path))).model)  # the default: auto
     assert not _patched(loader.load(Settings(model_path=str(path), cpu_linear="torch")).model)
 
 
@@ -74,3 +75,40 @@ def test_embedded_model_greedy_output_is_unchanged() -> None:
     plain = greedy()
     assert use_onednn_linear(model) > 0
     assert greedy() == plain
+
+
+def _count_onednn(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = cpu_kernels._onednn
+
+    def counted(x, w, b):
+        calls.append(x.numel() // x.shape[-1])
+        return real(x, w, b)
+
+    monkeypatch.setattr(cpu_kernels, "_onednn", counted)
+    return calls
+
+
+def test_auto_uses_f_linear_for_few_rows_and_onednn_for_more(monkeypatch) -> None:
+    layer = nn.Linear(16, 8)
+    assert use_kernels_by_rows(nn.Sequential(layer), "auto") == 1
+    calls = _count_onednn(monkeypatch)
+    with torch.inference_mode():
+        for rows in (1, 2):
+            layer(torch.randn(rows, 16))
+        assert calls == []
+        layer(torch.randn(1, 3, 16))  # rows count every position: 3 > TORCH_MAX_ROWS
+        layer(torch.randn(300, 16))
+    assert calls == [3, 300]
+
+
+def test_measure_keeps_the_faster_kernel_per_shape_and_row_bucket(monkeypatch) -> None:
+    def fake(layer, rows, reps=3):  # oneDNN "wins" only on the wide layer from 8 rows on
+        wins = layer.out_features == 32 and rows >= 8
+        return cpu_kernels.Timing(layer.out_features, layer.in_features, rows, 1.0, 0.5 if wins else 2.0)
+
+    monkeypatch.setattr(cpu_kernels, "measure", fake)
+    narrow, wide = nn.Linear(16, 8), nn.Linear(16, 32)
+    use_kernels_by_rows(nn.Sequential(narrow, wide), "measure")
+    assert not any(narrow.onednn_rows)
+    assert wide.onednn_rows == tuple(rows >= 8 for rows in cpu_kernels.ROW_BUCKETS)

@@ -41,6 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
+@pytest.mark.model
 def test_load_local_folder(tiny: Path) -> None:
     loaded = loader.load(Settings(model_path=str(tiny)))
     assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
@@ -51,17 +52,20 @@ def test_load_local_folder(tiny: Path) -> None:
     assert not loaded.model.training
 
 
+@pytest.mark.model
 def test_load_bin_checkpoint(tmp_path: Path) -> None:
     path = _tiny_model_dir(tmp_path, with_bin=True)
     assert list(path.glob("*.bin"))
     assert loader.load(Settings(model_path=str(path))).num_parameters > 0
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(("dtype", "expected"), [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
 def test_dtype(tiny: Path, dtype: str, expected: torch.dtype) -> None:
     assert loader.load(Settings(model_path=str(tiny), torch_dtype=dtype)).dtype == expected
 
 
+@pytest.mark.model
 def test_chat_template_inline_and_file(tiny: Path, tmp_path: Path) -> None:
     loaded = loader.load(Settings(model_path=str(tiny), chat_template=TEMPLATE))
     text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "t1"}], tokenize=False)

@@ -13,6 +13,7 @@ from server.presets import list_presets, load_preset
 ALL = list_presets()
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 @pytest.mark.parametrize("name", ALL)
 def test_every_preset_plans_on_its_own_resources(name, capsys):
     preset = load_preset(name)
@@ -30,6 +31,7 @@ def test_every_preset_plans_on_its_own_resources(name, capsys):
 
 # Parameter counts published for these models: they check the preset numbers and the config mapping
 # (MPT and Falcon use their own config classes) at once.
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 @pytest.mark.parametrize(
     "name,params,kv",
     [
@@ -49,6 +51,7 @@ def test_parameter_counts_and_kv_bytes(name, params, kv):
     assert 0 <= result.weight_bytes - params * 2 < 2**20  # plus small buffers (rotary inv_freq)
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_llama_70b_float16_fails_on_one_80gib_gpu_and_fits_on_two(capsys):
     with pytest.raises(PlanError, match=r"needs 128\.\d+ GiB of weights.*spill"):
         plan("llama-2-70b-chat", "1x80GiB", dtype="float16")
@@ -58,6 +61,7 @@ def test_llama_70b_float16_fails_on_one_80gib_gpu_and_fits_on_two(capsys):
     assert set(result.device_map.values()) == {0, 1}
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_cli_exit_codes_and_messages():
     cmd = [sys.executable, "-m", "server.plan", "--preset", "llama-2-70b-chat", "--dtype", "float16"]
     bad = subprocess.run([*cmd, "--gpus", "1x80GiB"], capture_output=True, text=True, timeout=300)
@@ -70,6 +74,7 @@ def test_cli_exit_codes_and_messages():
     assert "preset llama-2-70b-chat" in good.stdout and "KV cache: 327,680 bytes per token" in good.stdout
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_weights_fit_but_no_room_for_kv_cache_fails():
     # 14.96 GiB of weights + 1 GiB reserve on a 16 GiB card leaves a few hundred tokens.
     with pytest.raises(PlanError, match="tokens of KV cache"):
@@ -77,6 +82,7 @@ def test_weights_fit_but_no_room_for_kv_cache_fails():
     assert plan("llama-3.1-8b-instruct", "1x16GiB", min_tokens=1).tokens_fit < 2048
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_dtype_changes_weights_and_kv():
     fp32 = plan("smollm2-135m-instruct", "1x16GiB", dtype="float32")
     fp16 = plan("smollm2-135m-instruct", "1x16GiB", dtype="float16")
@@ -85,6 +91,7 @@ def test_dtype_changes_weights_and_kv():
     assert fp32.kv_bytes_per_token == 2 * fp16.kv_bytes_per_token
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_balanced_over_uneven_gpus_respects_each_capacity():
     result = plan("llama-2-13b-chat", "16GiB,24GiB", dtype="float16")
     assert all(g.weights <= g.capacity - g.reserve for g in result.gpus)
@@ -106,6 +113,7 @@ def test_parse_gpus_rejects(spec):
         parse_gpus(spec)
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_unknown_preset_is_a_clear_error(capsys):
     assert main(["--preset", "no-such-model", "--gpus", "1x24GiB"]) == 2
     assert "unknown preset 'no-such-model'" in capsys.readouterr().err
@@ -115,6 +123,7 @@ def _cache_bytes(cache) -> int:
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "name", ["llama-2-7b-chat", "mistral-7b", "falcon-7b", "mpt-7b-instruct", "phi-3-mini-4k-instruct"]
 )
@@ -137,6 +146,7 @@ def test_kv_bytes_match_what_transformers_caches(name):
     assert _cache_bytes(out.past_key_values) == tokens * kv_bytes_per_token(arch, "bfloat16", model)
 
 
+@pytest.mark.model  # builds the preset's model on meta weights (seconds each)
 def test_printed_max_memory_gives_the_server_the_same_placement(capsys):
     """The MAX_MEMORY the plan prints, read by the server's config, reproduces the plan's device map."""
     import torch

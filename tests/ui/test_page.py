@@ -10,7 +10,7 @@ import pytest
 
 from server.app import create_app
 from server.config import Settings
-from server.engine.service import Engine
+from server.engine.engine import Engine
 from server.ui import STATIC
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"

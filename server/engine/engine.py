@@ -12,10 +12,13 @@ import weakref
 from typing import Any
 
 from server.config import Settings
+from server.engine.errors import EngineUnavailable
+from server.engine.loop import EngineLoop
 from server.engine.params import ModelLimits
+from server.engine.policy import Policy, PolicyLimits
 from server.engine.request import GenerationRequest
 from server.engine.runner import ModelRunner
-from server.engine.scheduler import EngineUnavailable, Scheduler
+from server.engine.stops import StopChecker
 from server.model import loader
 from server.observability import metrics
 
@@ -26,12 +29,12 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loaded: loader.LoadedModel | None = None
-        self.scheduler: Scheduler | None = None
+        self.loop: EngineLoop | None = None
         self.limits: ModelLimits | None = None
         self.load_error: str | None = None
         self.draining = False
         self._ready = threading.Event()
-        # requests handed to the scheduler, so a dead scheduler thread cannot leave them waiting
+        # requests handed to the loop, so a dead loop thread cannot leave them waiting
         self._submitted: weakref.WeakValueDictionary[str, GenerationRequest] = weakref.WeakValueDictionary()
         self._submitted_lock = threading.Lock()
 
@@ -59,22 +62,11 @@ class Engine:
                 vocab_size=int(loaded.model.config.get_text_config().vocab_size),
                 generation_defaults=defaults,
             )
-            s = self.settings
-            self.scheduler = Scheduler(
-                ModelRunner(loaded),
-                max_batch_size=s.max_batch_size,
-                window_s=s.batch_window_ms / 1000.0,
-                max_queued=s.max_queued_requests,
-                max_batch_tokens=s.max_batch_tokens,
-                max_prefill_tokens=s.max_prefill_tokens,
-                on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc(),
-                on_step=metrics.record_step,
-                prefix_min_tokens=s.prefix_cache_min_tokens,
-            )
-            self.scheduler.start()
+            self.loop = build_loop(loaded, self.settings)
+            self.loop.start()
             self.loaded = loaded
             self._ready.set()
-            threading.Thread(target=self._watch, name="scheduler-watchdog", daemon=True).start()
+            threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
         except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
@@ -84,29 +76,29 @@ class Engine:
 
     @property
     def healthy(self) -> bool:
-        return self._ready.is_set() and self.scheduler is not None and self.scheduler.alive
+        return self._ready.is_set() and self.loop is not None and self.loop.alive
 
     def _watch(self, period: float = 0.5) -> None:
-        """If the scheduler thread dies (not stopped by a drain), fail what it held: `/health`
+        """If the loop's thread dies (not stopped by a drain), fail what it held: `/health`
         already says 503 (so Kubernetes restarts the pod); this answers the waiting clients."""
-        sched = self.scheduler
-        if sched is None:
+        loop = self.loop
+        if loop is None:
             return
-        while not self.draining and sched.alive:
+        while not self.draining and loop.alive:
             threading.Event().wait(period)
         if self.draining:
             return
         with self._submitted_lock:
             stranded = [r for r in list(self._submitted.values()) if not r.stream.closed.is_set()]
-        log.critical("the scheduler thread died; /health reports 503; failing %d waiting request(s)",
+        log.critical("the engine loop thread died; /health reports 503; failing %d waiting request(s)",
                      len(stranded))
         for r in stranded:
             r.stream.fail("the engine stopped unexpectedly")
 
     def drain(self, timeout: float | None = None) -> None:
         self.draining = True
-        if self.scheduler is not None:
-            self.scheduler.stop(timeout)
+        if self.loop is not None:
+            self.loop.stop(timeout)
 
     # request path
     def _require(self) -> loader.LoadedModel:
@@ -146,7 +138,22 @@ class Engine:
         self._require()
         if self.draining:
             raise EngineUnavailable("the server is shutting down")
-        assert self.scheduler is not None
-        self.scheduler.submit(request)
+        assert self.loop is not None
+        self.loop.submit(request)
         with self._submitted_lock:
             self._submitted[request.id] = request
+
+
+def build_loop(loaded: loader.LoadedModel, s: Settings) -> EngineLoop:
+    """The policy, the runner and the loop for a loaded model, wired to the metrics."""
+    runner = ModelRunner(loaded)
+    batching, why = runner.supports_batching()
+    if not batching:
+        log.info("continuous batching off, every request uses exact generate: %s", why)
+    limits = PolicyLimits(max_batch_size=s.max_batch_size, max_batch_tokens=s.max_batch_tokens,
+                          max_prefill_tokens=s.max_prefill_tokens, max_queued=s.max_queued_requests,
+                          prefix_min_tokens=s.prefix_cache_min_tokens)
+    policy = Policy(limits, batching=batching,
+                    stop_checker=lambda params: StopChecker(loaded.tokenizer, params.stop),
+                    on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc())
+    return EngineLoop(policy, runner, window_s=s.batch_window_ms / 1000.0, on_step=metrics.record_step)

@@ -1,0 +1,149 @@
+"""The exact lane: one `model.generate` call for a group of requests that share parameters.
+
+Options a batched decode step cannot reproduce (beam search, constrained decoding, bad words, any
+`GenerationConfig` option outside `GenerationParams`' named fields) keep working this way: the
+`generate_kwargs` surface never shrinks. The policy routes and groups the requests (`needs_exact`,
+`exact_key`); the model runner calls `generate_exact` as one step of the engine loop.
+
+Tokens are streamed per step through a stopping criterion, which ends rows the way the batched
+path does (`stops.finish_reason` with a `StopChecker`: stop strings match on incrementally decoded
+text, across token boundaries and spaces), and also applies cancellation and deadlines. When
+logprobs are wanted, a row's finish event waits until its logprobs (read from `generate`'s logits
+at the end) are pushed, so that a stream never ends before them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from server.engine.request import FinishReason, GenerationRequest
+from server.engine.stops import StopChecker, finish_reason, text_of
+from server.model.loader import LoadedModel
+
+
+class _ExactRow:
+    __slots__ = ("request", "index", "generated", "checker", "defer_end", "reason")
+
+    def __init__(self, request: GenerationRequest, index: int, checker: StopChecker | None,
+                 defer_end: bool = False) -> None:
+        self.request = request
+        self.index = index
+        self.generated: list[int] = []
+        self.checker = checker
+        self.defer_end = defer_end  # send the finish event only after the logprobs
+        self.reason: FinishReason | None = None
+
+    def end(self, reason: FinishReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+            if not self.defer_end:
+                self.request.stream.finish(self.index, reason)
+
+
+class _StreamingCriteria(StoppingCriteria):
+    """Streams each row's newest token and ends rows on EOS, stop strings, length, cancel or deadline."""
+
+    def __init__(self, rows: list[_ExactRow], stream: bool) -> None:
+        self.rows = rows
+        self.stream = stream
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        now = time.monotonic()
+        if not self.stream:  # beam search: rows are beams; stop only when every request gave up
+            stop = all(r.request.stream.cancelled or (r.request.deadline or now + 1) < now for r in self.rows)
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for i, row in enumerate(self.rows):
+            req = row.request
+            if row.reason is None:
+                token = int(last[i])
+                row.generated.append(token)
+                req.stream.push(row.index, [token])
+                if row.checker is not None:
+                    row.checker.add([token])
+                reason = finish_reason(req.params, len(row.generated), token, row.checker)
+                if reason is not None:
+                    row.end(reason)
+                elif req.stream.cancelled:
+                    row.end("cancelled")
+                elif req.deadline is not None and now > req.deadline:
+                    row.end("timeout")
+            done[i] = row.reason is not None
+        return done
+
+
+@torch.inference_mode()
+def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest]) -> None:
+    """Run one `generate` call for requests whose parameters are identical (seed aside)."""
+    params = requests[0].params
+    n = params.num_return_sequences
+    pad = loaded.pad_token_id
+    width = max(r.prompt_tokens for r in requests)
+    ids = torch.full((len(requests), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.long)
+    for i, r in enumerate(requests):
+        ids[i, width - r.prompt_tokens:] = torch.tensor(r.input_ids)
+        mask[i, width - r.prompt_tokens:] = 1
+    config = GenerationConfig(**params.generate_kwargs(), return_dict_in_generate=True,
+                              output_logits=params.logprobs)
+    # Per-step streaming only where each row of generate's input is one output sequence.
+    stream = int(config.num_beams or 1) == 1
+    rows = [_ExactRow(r, j, StopChecker(loaded.tokenizer, params.stop) if params.stop and stream else None,
+                      defer_end=params.logprobs)
+            for r in requests for j in range(n)]
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    out = loaded.model.generate(
+        input_ids=ids.to(loaded.device),
+        attention_mask=mask.to(loaded.device),
+        generation_config=config,
+        stopping_criteria=StoppingCriteriaList([_StreamingCriteria(rows, stream)]),
+    )
+    sequences = out.sequences[:, width:].tolist()
+    logits = out.logits if params.logprobs else None
+    for i, row in enumerate(rows):
+        if stream:
+            tokens = row.generated
+        else:
+            tokens = _trim(sequences[i], params.eos_token_ids, pad)
+            row.generated = tokens
+            row.request.stream.push(row.index, tokens)
+        if logits is not None and tokens:
+            lp, top = _logprobs(logits, i, tokens, params.top_logprobs)
+            row.request.stream.push(row.index, [], lp, top)
+        if row.reason is None:  # generate ended the row itself (its own EOS or length check)
+            hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
+            reason: FinishReason = "eos" if hit_eos else "length"
+            if not stream and params.stop and text_of(loaded.tokenizer, tokens, params.stop)[1]:
+                reason = "stop"
+            row.end(reason)
+        if row.defer_end:  # the logprobs are out: now the finish event
+            row.request.stream.finish(row.index, row.reason or "length")
+
+
+def _trim(tokens: list[int], eos: tuple[int, ...], pad: int) -> list[int]:
+    """Cut a finished row after its first EOS; drop trailing padding."""
+    for k, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: k + 1]
+    while tokens and tokens[-1] == pad:
+        tokens = tokens[:-1]
+    return tokens
+
+
+def _logprobs(logits: tuple[torch.Tensor, ...], row: int, tokens: list[int],
+              top_n: int) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+    lps: list[float] = []
+    tops: list[list[tuple[int, float]]] = []
+    for step, token in enumerate(tokens[: len(logits)]):
+        logp = torch.log_softmax(logits[step][row].float(), dim=-1)
+        lps.append(float(logp[token]))
+        if top_n:
+            values, idx = logp.topk(top_n)
+            tops.append([(int(t), float(v)) for t, v in zip(idx.tolist(), values.tolist(), strict=True)])
+    return lps, (tops if top_n else None)

@@ -1,0 +1,109 @@
+"""The engine loop: the one thread that owns the model, and the queue HTTP threads submit to.
+
+Each step is three lines: `plan = policy.schedule()`, `out = runner.run(plan)`,
+`policy.update(plan, out)`. The policy is guarded by one condition (HTTP threads add requests and
+read its counters); the runner runs outside it, so submitting never waits for a forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from server.engine.errors import EngineUnavailable
+from server.engine.policy import Policy
+from server.engine.request import GenerationRequest
+from server.engine.runner import ModelRunner
+
+log = logging.getLogger(__name__)
+
+
+class EngineLoop:
+    def __init__(self, policy: Policy, runner: ModelRunner, window_s: float = 0.005,
+                 on_step: Callable[[str, int, float], None] | None = None) -> None:
+        self.policy = policy
+        self.runner = runner
+        self.window_s = window_s  # an idle loop waits this long so simultaneous arrivals share a prefill
+        self.on_step = on_step  # metrics hook: (kind "prefill"/"decode", rows, seconds) per forward
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+
+    # what HTTP threads and the metrics see
+    @property
+    def stats(self):  # noqa: ANN201 - the policy's counters
+        return self.policy.stats
+
+    @property
+    def max_queued(self) -> int:
+        return self.policy.limits.max_queued
+
+    @property
+    def queue_depth(self) -> int:
+        with self._cond:
+            return self.policy.queue_depth
+
+    @property
+    def running(self) -> int:
+        """Sequences running now (read under the lock: never half-way through an update)."""
+        with self._cond:
+            return self.policy.active
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> None:
+        with self._cond:
+            if self._stopping or not self._thread.is_alive():
+                raise EngineUnavailable("the engine is not running")
+            self.policy.add(request)  # raises QueueFull
+            self._cond.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; the thread ends once what it holds is done."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # the loop
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while self._wait_for_work():
+                self.step()
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not self.policy.has_work and not self._stopping:
+                self._cond.wait()
+            if not self.policy.has_work:
+                return False  # stopping, nothing left
+            idle = not self.policy.running
+        if idle and self.window_s > 0:
+            time.sleep(self.window_s)
+        return True
+
+    def step(self) -> None:
+        plan = None
+        try:
+            with self._cond:
+                plan = self.policy.schedule()
+            started = time.perf_counter()
+            out = self.runner.run(plan)
+            if plan.kind in ("prefill", "decode") and self.on_step is not None:
+                self.on_step(plan.kind, len(plan.rows), time.perf_counter() - started)
+            with self._cond:
+                self.policy.update(plan, out)
+        except Exception as exc:  # a bug in bookkeeping: fail the running rows, keep the loop alive
+            log.exception("engine step failed")
+            with self._cond:
+                self.policy.fail_step(plan, exc)
+            self.runner.reset()

@@ -1,0 +1,66 @@
+"""The plain data that crosses the seam between the scheduling policy and the model runner.
+
+The policy builds a `StepPlan` of `Sequence`s; the runner executes it and answers with a
+`StepOutput`. No torch here: a plan can be built and checked without a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.engine.request import FinishReason, GenerationRequest
+from server.engine.stops import StopChecker
+
+StepKind = Literal["idle", "prefill", "decode", "exact"]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One output sequence of one request on the batched path."""
+
+    request: GenerationRequest
+    index: int
+    checker: StopChecker | None = None  # only when the request has stop strings
+    generated: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+
+    @property
+    def bound(self) -> int:
+        """The most tokens this sequence can occupy in the cache before it must finish."""
+        return self.request.prompt_tokens + self.request.params.max_new_tokens
+
+    @property
+    def tokens(self) -> int:
+        """Prompt and generated tokens so far."""
+        return self.request.prompt_tokens + len(self.generated)
+
+
+@dataclass
+class StepPlan:
+    """What the runner does in one step. `drop` leave the running batch first; then, by `kind`:
+    prefill `rows` (with the shared `prefix`, if any), decode `rows` (every running sequence),
+    or run the `exact` group through `generate`. `prefixes` are the prefixes worth keeping."""
+
+    kind: StepKind
+    drop: list[Sequence] = field(default_factory=list)
+    rows: list[Sequence] = field(default_factory=list)
+    exact: list[GenerationRequest] = field(default_factory=list)
+    prefix: tuple[int, ...] | None = None
+    prefixes: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass
+class Sampled:
+    seq: Sequence
+    token: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class StepOutput:
+    """What the runner hands back: one token per row it ran, and the requests that failed."""
+
+    sampled: list[Sampled] = field(default_factory=list)
+    failed: list[tuple[GenerationRequest, BaseException]] = field(default_factory=list)
