@@ -1,8 +1,5 @@
-"""The engine as the API modules see it: load the model once, tokenize, submit requests.
-
-Loading happens on a background thread after gunicorn forks, so `/health` can answer 503 until the
-model is ready instead of the worker blocking its HTTP threads.
-"""
+"""The engine as the API modules see it: load the model once (in the background: `host.py`),
+tokenize, submit requests."""
 
 from __future__ import annotations
 
@@ -13,6 +10,7 @@ from typing import Any
 
 from server.config import Settings
 from server.engine.errors import EngineUnavailable
+from server.engine.host import ModelHost
 from server.engine.loop import EngineLoop
 from server.engine.params import ModelLimits
 from server.engine.policy import Policy, PolicyLimits
@@ -25,80 +23,39 @@ from server.observability import metrics
 log = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(ModelHost):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.loaded: loader.LoadedModel | None = None
         self.loop: EngineLoop | None = None
         self.limits: ModelLimits | None = None
-        self.load_error: str | None = None
-        self.draining = False
-        self._ready = threading.Event()
         # requests handed to the loop, so a dead loop thread cannot leave them waiting
         self._submitted: weakref.WeakValueDictionary[str, GenerationRequest] = weakref.WeakValueDictionary()
         self._submitted_lock = threading.Lock()
 
-    # lifecycle
-    def start(self, background: bool = True) -> None:
-        if background:
-            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
-        else:
-            self._load()
+    def _build(self) -> None:
+        loaded = loader.load(self.settings)
+        defaults = {k: v for k, v in loaded.model.generation_config.to_diff_dict().items()
+                    if k not in ("transformers_version", "_from_model_config")}
+        defaults.update(self.settings.generation_defaults)
+        self.limits = ModelLimits(
+            context_length=loaded.context_length,
+            eos_token_ids=loaded.eos_token_ids,
+            pad_token_id=loaded.pad_token_id,
+            vocab_size=int(loaded.model.config.get_text_config().vocab_size),
+            generation_defaults=defaults,
+        )
+        self.loop = build_loop(loaded, self.settings)
+        self.loop.start()
+        self.loaded = loaded
 
-    def _load(self) -> None:
-        try:
-            import torch
-
-            if self.settings.torch_threads > 0:
-                torch.set_num_threads(self.settings.torch_threads)
-            loaded = loader.load(self.settings)
-            defaults = {k: v for k, v in loaded.model.generation_config.to_diff_dict().items()
-                        if k not in ("transformers_version", "_from_model_config")}
-            defaults.update(self.settings.generation_defaults)
-            self.limits = ModelLimits(
-                context_length=loaded.context_length,
-                eos_token_ids=loaded.eos_token_ids,
-                pad_token_id=loaded.pad_token_id,
-                vocab_size=int(loaded.model.config.get_text_config().vocab_size),
-                generation_defaults=defaults,
-            )
-            self.loop = build_loop(loaded, self.settings)
-            self.loop.start()
-            self.loaded = loaded
-            self._ready.set()
-            threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
-        except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model failed to load")
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
-
-    @property
-    def healthy(self) -> bool:
-        return self._ready.is_set() and self.loop is not None and self.loop.alive
-
-    def _watch(self, period: float = 0.5) -> None:
-        """If the loop's thread dies (not stopped by a drain), fail what it held: `/health`
-        already says 503 (so Kubernetes restarts the pod); this answers the waiting clients."""
-        loop = self.loop
-        if loop is None:
-            return
-        while not self.draining and loop.alive:
-            threading.Event().wait(period)
-        if self.draining:
-            return
+    def _loop_died(self) -> None:
         with self._submitted_lock:
             stranded = [r for r in list(self._submitted.values()) if not r.stream.closed.is_set()]
         log.critical("the engine loop thread died; /health reports 503; failing %d waiting request(s)",
                      len(stranded))
         for r in stranded:
             r.stream.fail("the engine stopped unexpectedly")
-
-    def drain(self, timeout: float | None = None) -> None:
-        self.draining = True
-        if self.loop is not None:
-            self.loop.stop(timeout)
 
     # request path
     def _require(self) -> loader.LoadedModel:

@@ -8,7 +8,6 @@ The handler is built on a background thread after gunicorn forks, like the chat 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from server.config import Settings
 from server.engine.errors import EngineUnavailable
+from server.engine.host import ModelHost
 from server.handlers import loading
 from server.handlers.base import HandlerFailure, ModelRequest, iterate, stream_of
 from server.handlers.batcher import Job, PredictBatcher
@@ -45,68 +45,33 @@ class LoadedHandler:
                    sum(p.numel() * p.element_size() for p in params))
 
 
-class HandlerEngine:
+class HandlerEngine(ModelHost):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.kind = settings.model_kind
         self.loaded: LoadedHandler | None = None  # the handler, once built
         self.loop: PredictBatcher | None = None
         self.limits = None  # no generation limits: the generation endpoints refuse this kind
-        self.load_error: str | None = None
-        self.draining = False
-        self._ready = threading.Event()
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self, background: bool = True) -> None:
-        if background:
-            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
-        else:
-            self._load()
+    def _build(self) -> None:
+        handler = loading.build(self.settings)
+        s = self.settings
+        batcher = PredictBatcher(handler, max_batch_size=s.max_batch_size,
+                                 max_batch_tokens=s.max_batch_tokens, window_s=s.batch_window_ms / 1000.0,
+                                 max_queued=s.max_queued_requests, on_batch=self._on_batch)
+        batcher.start()
+        self.loop = batcher
+        self.loaded = LoadedHandler.of(handler)
+        log.info("model handler %s ready (%s)", type(handler).__qualname__, self.kind)
 
-    def _load(self) -> None:
-        try:
-            import torch
-
-            if self.settings.torch_threads > 0:
-                torch.set_num_threads(self.settings.torch_threads)
-            handler = loading.build(self.settings)
-            s = self.settings
-            batcher = PredictBatcher(handler, max_batch_size=s.max_batch_size,
-                                     max_batch_tokens=s.max_batch_tokens, window_s=s.batch_window_ms / 1000.0,
-                                     max_queued=s.max_queued_requests, on_batch=self._on_batch)
-            batcher.start()
-            self.loop = batcher
-            self.loaded = LoadedHandler.of(handler)
-            self._ready.set()
-            threading.Thread(target=self._watch, name="batcher-watchdog", daemon=True).start()
-            log.info("model handler %s ready (%s)", type(handler).__qualname__, self.kind)
-        except Exception as exc:  # keep serving /health (as unhealthy) rather than crash-looping
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model failed to load (model handler)")  # the image test greps this
+    def _loop_died(self) -> None:
+        log.critical("the batch thread died; /health reports 503; failing waiting inputs")
+        assert self.loop is not None
+        self.loop.fail_waiting("the engine stopped unexpectedly")
 
     @staticmethod
     def _on_batch(rows: int, seconds: float) -> None:
         metrics.record_step("predict", rows, seconds)
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
-
-    @property
-    def healthy(self) -> bool:
-        return self._ready.is_set() and self.loop is not None and self.loop.alive
-
-    def _watch(self, period: float = 0.5) -> None:
-        sched = self.loop
-        while sched is not None and not self.draining and sched.alive:
-            time.sleep(period)
-        if sched is not None and not self.draining:
-            log.critical("the batch thread died; /health reports 503; failing waiting inputs")
-            sched.fail_waiting("the engine stopped unexpectedly")
-
-    def drain(self, timeout: float | None = None) -> None:
-        self.draining = True
-        if self.loop is not None:
-            self.loop.stop(timeout)
 
     # ------------------------------------------------------------------ request path
     @property
