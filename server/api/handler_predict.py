@@ -16,15 +16,16 @@ from typing import Any
 from flask import Response, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.api import handler_calls, mosaic
+from server.api import handler_calls
 from server.api.dialect import Dialect, bad_request, current_engine
 from server.api.errors import ApiError
+from server.api.mosaic_protocol import error_body
 from server.api.streaming import ndjson, ndjson_response
 from server.handlers.service import HandlerEngine
 
 # MosaicML's wire format (its error shape, 400 for a bad body), on its own blueprint: app.py registers
 # this one instead of mosaic.bp when the model kind is not chat
-dialect = Dialect("mosaic_handler", mosaic._error, invalid=bad_request)
+dialect = Dialect("mosaic_handler", error_body, invalid=bad_request)
 bp = dialect.bp
 
 
@@ -66,7 +67,6 @@ def predict_stream() -> Response:
                 if chunk:
                     yield ndjson({"outputs": [chunk]})
         except Exception as exc:  # a handler failing mid-stream: one error line, then the end
-            err = handler_calls.to_api_error(exc)
-            yield ndjson({"error": err.message, "code": err.status})
+            yield ndjson(error_body(handler_calls.to_api_error(exc))[1])
 
     return ndjson_response(lines())

@@ -19,17 +19,12 @@ from flask import Response, jsonify
 from server.api import engine_calls
 from server.api.dialect import Dialect, bad_request, current_engine
 from server.api.errors import ApiError
-from server.api.mosaic_protocol import MOSAIC_DEFAULTS, PredictRequest, PredictStreamRequest
+from server.api.mosaic_protocol import MOSAIC_DEFAULTS, PredictRequest, PredictStreamRequest, error_body
 from server.api.streaming import ndjson, ndjson_response
 from server.engine.engine import Engine
 from server.observability import metrics
 
-
-def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
-    return exc.status, {"error": exc.message, "code": exc.status}
-
-
-dialect = Dialect("mosaic", _error, invalid=bad_request, defaults=MOSAIC_DEFAULTS)
+dialect = Dialect("mosaic", error_body, invalid=bad_request, defaults=MOSAIC_DEFAULTS)
 bp = dialect.bp
 
 
@@ -74,7 +69,7 @@ def predict_stream() -> Response:
                     yield ndjson({"outputs": [d.text]})
             metrics.record_tokens(req.prompt_tokens, tokens)
         except ApiError as exc:
-            yield ndjson(_error(exc)[1])
+            yield ndjson(error_body(exc)[1])
         finally:
             deltas.close()
 

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.api.errors import ApiError
+
 MOSAIC_DEFAULTS: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "top_k": 50,
                                    "max_new_tokens": 256}
 MAX_INPUTS = 64
@@ -39,3 +41,8 @@ class PredictStreamChunk(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     code: int
+
+
+def error_body(exc: ApiError) -> tuple[int, dict[str, Any]]:
+    """MosaicML's error shape, `{"error": message, "code": status}` (chat and handler kinds alike)."""
+    return exc.status, {"error": exc.message, "code": exc.status}
