@@ -1,20 +1,25 @@
-"""CPU linear kernels chosen per call by row count: PyTorch's `F.linear` or oneDNN's matmul.
+"""CPU linear kernels for float32 `nn.Linear` layers: oneDNN's matmul or PyTorch's `F.linear`,
+chosen per call by row count.
 
-Why: neither kernel wins everywhere. oneDNN's matmul, which ships inside PyTorch
-(`torch.ops.mkldnn._linear_pointwise`, what `torch.compile` emits for CPU linears), streams large
-weights faster from several rows on (the embedded model's LM head at 32 rows: 15.4 ms -> 12.7 ms),
-but costs more at one or two rows (down_proj at one row: 0.04 ms -> 0.15 ms; the LM head at two:
-4.2 ms -> 6.7 ms), which made a single request about 1.9x slower than with `F.linear`.
+oneDNN's matmul ships inside PyTorch (`torch.ops.mkldnn._linear_pointwise`, what `torch.compile`
+emits for CPU linears) and, inside the running model, is faster at every row count measured on an
+idle 2-core machine (`make bench`'s kernel check): one request 4.14 s against 4.54 s with small
+layers on `F.linear` at one or two rows and 5.32 s with `F.linear` everywhere; the 49152x576 LM
+head alone at one row 4.6 ms against 10.5 ms. A layer timed alone with the same input over and over
+(`python -m bench.kernels`) shows `F.linear` ahead on small weights at one or two rows
+(576x576: 0.036 ms against 0.056 ms), but that is a hot-cache artefact: in the model every layer's
+weight comes from memory, and the earlier threshold built on it (F.linear up to 2 rows) cost 7% at
+c=1 and 10% at c=2.
 
-So each float32 `nn.Linear` carries a small table: for each row bucket (a call's rows rounded up
-to 1, 2, 4, 8, ... 256) which kernel to use, and every call looks its row count up in it: a batch
-of any size, a prefill or the exact lane's `generate` each get their kernel. `CPU_LINEAR`:
-- `auto` (the default): fixed thresholds, `F.linear` up to `TORCH_MAX_ROWS` rows, oneDNN above;
+Each eligible layer carries a table: for each row bucket (a call's rows rounded up to 1, 2, 4, 8,
+... 256) which kernel to use; every call looks its row count up in it (a batch of any size, a
+prefill, the exact lane's `generate`). `CPU_LINEAR`:
+- `auto` (the default): oneDNN at every row count where this torch build has it, `F.linear` else;
 - `measure`: time both kernels once at start-up on each distinct weight shape and row bucket and
-  keep the faster (for other hardware; on a busy machine the timings, and so the choice, are noisy);
-- `onednn` or `torch`: one kernel at every row count.
+  keep the faster (for other hardware; it times layers alone, so it favours `F.linear` on small
+  weights, see above);
+- `onednn` (same as `auto` where oneDNN works) or `torch`: one kernel at every row count.
 Both kernels use the same weights (no copy; tied weights stay tied) and agree to float rounding.
-`python -m bench.kernels` prints the measured table.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # rows beyond the last use its choice
-TORCH_MAX_ROWS = 2  # `auto`: F.linear up to this many rows (buckets 1, 2), oneDNN above (c=4 measured faster)
 MODES = ("auto", "measure", "onednn", "torch")
 
 
@@ -125,7 +129,7 @@ def use_kernels_by_rows(model: nn.Module, mode: str = "auto") -> int:
         log.info("oneDNN linear kernels unavailable in this torch build; using torch's default")
         return 0
     layers = _eligible(model)
-    fixed = tuple(mode == "onednn" or rows > TORCH_MAX_ROWS for rows in ROW_BUCKETS)
+    fixed = (True,) * len(ROW_BUCKETS)  # auto and onednn
     measured: dict[tuple[int, int], tuple[bool, ...]] = {}
     if mode == "measure":
         for shape, timings in kernel_table(model).items():

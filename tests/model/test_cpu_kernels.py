@@ -89,17 +89,23 @@ def _count_onednn(monkeypatch) -> list[int]:
     return calls
 
 
-def test_auto_uses_f_linear_for_few_rows_and_onednn_for_more(monkeypatch) -> None:
+def test_auto_uses_onednn_at_every_row_count(monkeypatch) -> None:
     layer = nn.Linear(16, 8)
     assert use_kernels_by_rows(nn.Sequential(layer), "auto") == 1
+    assert layer.onednn_rows == (True,) * len(cpu_kernels.ROW_BUCKETS)
     calls = _count_onednn(monkeypatch)
     with torch.inference_mode():
         for rows in (1, 2):
             layer(torch.randn(rows, 16))
-        assert calls == []
-        layer(torch.randn(1, 3, 16))  # rows count every position: 3 > TORCH_MAX_ROWS
+        layer(torch.randn(1, 3, 16))  # rows count every position
         layer(torch.randn(300, 16))
-    assert calls == [3, 300]
+    assert calls == [1, 2, 3, 300]
+
+
+def test_torch_mode_leaves_layers_alone() -> None:
+    layer = nn.Linear(16, 8)
+    assert use_kernels_by_rows(nn.Sequential(layer), "torch") == 0
+    assert not hasattr(layer, "onednn_rows")
 
 
 def test_measure_keeps_the_faster_kernel_per_shape_and_row_bucket(monkeypatch) -> None:
