@@ -3,7 +3,8 @@
 For every distinct linear weight shape and each row bucket the server uses (`CPU_LINEAR=measure`
 times the same table at start-up to choose a kernel per row count): best-of-N milliseconds per
 call of each kernel and the winner. Each layer is timed alone with its weight hot in cache, which
-favours `F.linear` on small weights; the kernel check of `make bench` measures the running model. Prints a table and writes JSON under bench/results/.
+favours `F.linear` on small weights; the kernel check of `make bench` measures the running model.
+Prints a table and writes JSON under bench/results/.
 """
 
 from __future__ import annotations
