@@ -105,9 +105,10 @@ def measure(layer: nn.Linear, rows: int, reps: int = 3) -> Timing:
 
 
 def _eligible(model: nn.Module) -> list[nn.Linear]:
-    """Exact `nn.Linear` instances with float32 weights on the CPU: quantized or adapter layers
-    (subclasses, other dtypes) and accelerator weights keep their own kernels."""
-    return [m for m in model.modules() if type(m) is nn.Linear
+    """Exact `nn.Linear` instances with plain float32 weights on the CPU: quantized or adapter
+    layers (module or weight subclasses, such as torchao's int8 weights, which report float32) and
+    accelerator weights keep their own kernels."""
+    return [m for m in model.modules() if type(m) is nn.Linear and type(m.weight) is nn.Parameter
             and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
 
 

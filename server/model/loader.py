@@ -146,7 +146,14 @@ def load(s: Settings) -> LoadedModel:
         common["gguf_file"] = gguf
     dtype = resolve_dtype(s.torch_dtype, cuda, gguf is not None)
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
-    qconfig = quantize.quantization_config(s.quantization, s.quantization_skip)
+    skip = s.quantization_skip
+    if s.quantization == "int8":
+        ungroupable = quantize.ungroupable_linears(path, trust_remote_code=s.trust_remote_code)
+        if ungroupable:
+            log.info("QUANTIZATION=int8: %d linear layers whose input size is not a multiple of %d "
+                     "stay in full precision", len(ungroupable), quantize.INT8_GROUP)
+        skip = (*skip, *ungroupable)
+    qconfig = quantize.quantization_config(s.quantization, skip)
     if qconfig is not None:
         common["quantization_config"] = qconfig
     try:
@@ -160,12 +167,13 @@ def load(s: Settings) -> LoadedModel:
         raise ModelLoadError(f"QUANTIZATION={s.quantization} cannot load this model here: {exc}") from exc
     quantized = quantize.prepare(model, s.quantization)
     if qconfig is not None and not quantized:
-        raise ModelLoadError(f"QUANTIZATION={s.quantization}: this model has no linear layers quanto can "
-                             "quantize (torch.nn.Linear); serve it with QUANTIZATION=none")
+        raise ModelLoadError(f"QUANTIZATION={s.quantization}: this model has no linear layers "
+                             f"{quantize.library(s.quantization)} can quantize (torch.nn.Linear); serve "
+                             "it with QUANTIZATION=none")
     if not cuda:
         model.to("cpu")
         if s.cpu_linear != "torch":
-            n = use_kernels_by_rows(model, s.cpu_linear)  # quanto's QLinear layers keep quanto's kernels
+            n = use_kernels_by_rows(model, s.cpu_linear)  # quantized layers keep their library's kernels
             log.info("CPU_LINEAR=%s: %d linear layers choose their kernel by row count", s.cpu_linear, n)
     model.eval()
     template = read_chat_template(s.chat_template)

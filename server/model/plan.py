@@ -10,10 +10,10 @@ spill to CPU or disk: a plan that needs that fails.
     python -m server.plan --preset llama-2-70b-chat --gpus 2x80GiB [--dtype float16]
     python -m server.plan --preset llama-2-70b-chat --gpus 1x80GiB --quantization int8
 
-With `--quantization` the linear layers are swapped for quanto's on the meta model by the same
-quantizer `from_pretrained(quantization_config=QuantoConfig(...))` uses, so placement and sizes are
-the server's (quantized weights at 1 or 0.5 byte, plus their scales; embeddings and LM head stay in
-the dtype). The KV cache stays in the dtype.
+With `--quantization` the meta model goes through the same quantizer `from_pretrained` uses
+(torchao's for int8, quanto's for int4/fp8), so placement and sizes are the server's (quantized
+weights at 1 or 0.5 byte, plus their scales; embeddings and LM head stay in the dtype). The KV
+cache stays in the dtype.
 """
 
 from __future__ import annotations
@@ -235,36 +235,46 @@ def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str],
 
 
 def quantizer_for(quantization: str) -> Any:
-    """transformers' quanto quantizer (what from_pretrained builds from QuantoConfig), or None.
-    Its environment check (no CPU offload) is left out: a plan that spills fails on its own terms."""
+    """transformers' quantizer (what from_pretrained builds from the server's quantization config),
+    or None. Its environment check (no CPU offload) is left out: a plan that spills fails on its own
+    terms."""
     from server.model import quantize
 
     if quantization not in quantize.QUANTIZATIONS:
         choices = ", ".join(quantize.QUANTIZATIONS)
         raise PlanError(f"quantization must be one of {choices}; got {quantization!r}")
-    config = quantize.quantization_config(quantization)
-    if config is None:
+    if quantization == "none":
         return None
-    if not quantize.quanto_available():
-        raise PlanError("planning a quantized model needs optimum-quanto (requirements.txt)")
+    if not (quantize.torchao_available() if quantization == "int8" else quantize.quanto_available()):
+        raise PlanError(f"planning QUANTIZATION={quantization} needs {quantize.library(quantization)} "
+                        "(requirements.txt)")
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    quantizer = AutoHfQuantizer.from_config(config)
+    quantizer = AutoHfQuantizer.from_config(quantize.quantization_config(quantization))
     quantizer.validate_environment = lambda *a, **k: None  # type: ignore[method-assign]
     return quantizer
 
 
-def scale_bytes(model: Any, quantization: str, dtype_bytes: int) -> dict[str, int]:
-    """Bytes of quanto's scales (and int4's shifts) per quantized module, which transformers'
-    sizes leave out: one scale per output row for int8/fp8; a scale and a shift per group of 128
-    weights for int4."""
-    from server.model.quantize import quantized_modules
+def scale_bytes(model: Any, quantization: str, dtype_bytes: int, quantizer: Any) -> dict[str, int]:
+    """Bytes of the scales (and shifts) per quantized linear layer, which transformers' sizes leave
+    out: int8 (torchao) a scale and an int8 zero point per group of INT8_GROUP weights; int4
+    (quanto) a scale and a shift per group of 128; fp8 (quanto) one scale per output row."""
+    from torch import nn
 
+    from server.model.quantize import INT8_GROUP, quantized_modules
+
+    if quantization == "int8":  # torchao swaps weights at load, not modules: ask what it will quantize
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                  and quantizer.param_needs_quantization(model, f"{n}.weight")]
+    else:
+        layers = list(quantized_modules(model))
     out: dict[str, int] = {}
-    for name, module in quantized_modules(model):
+    for name, module in layers:
         rows, cols = module.weight.shape
-        per_row = 2 * -(-cols // 128) if quantization == "int4" else 1
-        out[name] = rows * per_row * dtype_bytes
+        if quantization == "int8":
+            out[name] = rows * -(-cols // INT8_GROUP) * (dtype_bytes + 1)
+        else:
+            out[name] = rows * (2 * -(-cols // 128) if quantization == "int4" else 1) * dtype_bytes
     return out
 
 
@@ -304,7 +314,7 @@ def plan(
     device_map = auto_device_map(model, budget, no_split, torch_dtype, quantizer)
     sizes = {k: int(v) for k, v in compute_module_sizes(model, hf_quantizer=quantizer)[0].items()}
     if quantizer is not None:
-        for name, extra in scale_bytes(model, quantization, DTYPE_BYTES[dtype]).items():
+        for name, extra in scale_bytes(model, quantization, DTYPE_BYTES[dtype], quantizer).items():
             parts = name.split(".")
             for i in range(len(parts) + 1):
                 sizes[".".join(parts[:i])] = sizes.get(".".join(parts[:i]), 0) + extra

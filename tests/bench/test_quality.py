@@ -2,9 +2,9 @@
 positions: on a few hundred, one token is already 0.2-0.4% of agreement). `make bench-quality`
 also reports int4.
 
-The issue's targets are perplexity within 2% of float32 and greedy top-1 agreement of at least 97%.
-Plain int8 meets the first; on the whole text its agreement is 96.4%, so it is held to a floor
-here, and the 97% target is checked on int8 with `down_proj` kept in float (QUANTIZATION_SKIP)."""
+The issue's targets: perplexity within 2% of float32 and greedy top-1 agreement of at least 97%.
+int8 is torchao's, in groups of 64 weights (97.6% here); per-row int8 (quanto's qint8) reached
+96.35%, and keeping `down_proj` in float (QUANTIZATION_SKIP) still helps it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_int8_quality_on_the_embedded_model() -> None:
     assert fp32["tokens"] == int8["tokens"] > 2000 and fp32["top1_agreement"] == 1.0
     assert 1 < fp32["perplexity"] < 100  # a real model on English prose, not noise
     assert abs(int8["perplexity_vs_fp32"]) <= 0.02, int8
-    assert int8["top1_agreement"] >= 0.95, int8
+    assert int8["top1_agreement"] >= 0.97, int8
     assert int8["weight_ratio"] < 0.45  # linear layers 4x smaller; the float32 embeddings stay
     assert abs(skip["perplexity_vs_fp32"]) <= 0.02 and skip["top1_agreement"] >= 0.97, skip
     assert int8["weight_ratio"] < skip["weight_ratio"] < 0.6

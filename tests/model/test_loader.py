@@ -15,14 +15,15 @@ from server.model import loader
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
 
 
-def _tiny_model_dir(root: Path, with_bin: bool = False) -> Path:
+def _tiny_model_dir(root: Path, with_bin: bool = False, hidden: int = 32, intermediate: int = 64) -> Path:
     vocab = {f"t{i}": i for i in range(64)}
     vocab.update({"<unk>": 64, "<s>": 65, "</s>": 66})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=67, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    config = LlamaConfig(vocab_size=67, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128,
                          bos_token_id=65, eos_token_id=66)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)

@@ -1,4 +1,5 @@
-"""QUANTIZATION: what can be served is quantized by optimum-quanto at load; the rest is refused."""
+"""QUANTIZATION: what can be served is quantized at load (int8 by torchao, int4 by optimum-quanto);
+the rest is refused."""
 
 from __future__ import annotations
 
@@ -68,23 +69,31 @@ def _cpu_kernel(module: nn.Module) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_model_dir(tmp_path_factory.mktemp("model"))
+    """Input sizes 64 and 128: every linear layer divides into int8's groups of 64."""
+    return _tiny_model_dir(tmp_path_factory.mktemp("model"), hidden=64, intermediate=128)
+
+
+def _is_quantized(q: str, module: nn.Module) -> bool:
+    from optimum.quanto import QLinear
+    from torchao.quantization import Int8Tensor
+
+    if q == "int8":  # torchao keeps the module and swaps its weight for a grouped int8 tensor
+        return type(module) is nn.Linear and isinstance(module.weight, Int8Tensor)
+    return isinstance(module, QLinear) and module.frozen
 
 
 @pytest.mark.model
 @pytest.mark.parametrize("q", ["int8", "int4"])
 def test_load_quantized_tiny_model(tiny: Path, q: str) -> None:
-    from optimum.quanto import QLinear
-
     full = loader.load(Settings(model_path=str(tiny)))
     loaded = loader.load(Settings(model_path=str(tiny), quantization=q))
     assert loaded.quantization == q
     layers = dict(quantize.quantized_modules(loaded.model))
     assert len(layers) == 2 * 7  # q/k/v/o + gate/up/down in each of the 2 decoder layers
-    assert all(isinstance(m, QLinear) and m.frozen for m in layers.values())
+    assert all(_is_quantized(q, m) for m in layers.values())
     assert type(loaded.model.lm_head) is nn.Linear  # the LM head stays in float (quality)
     assert loaded.weight_bytes < full.weight_bytes
-    # CPU_LINEAR=onednn (the default) routes only plain float32 nn.Linear: quanto keeps its kernels
+    # CPU_LINEAR=auto routes only plain float32 weights: quantized layers keep their library's kernels
     assert not any(_cpu_kernel(m) for m in layers.values())
     if onednn_works():
         assert _cpu_kernel(loaded.model.lm_head)
@@ -99,13 +108,13 @@ def test_load_quantized_tiny_model(tiny: Path, q: str) -> None:
 
 @pytest.mark.model
 def test_model_without_linear_layers_is_refused(tmp_path: Path) -> None:
-    """GPT-2 keeps its projections in Conv1D, which quanto does not quantize: refused, not ignored."""
+    """GPT-2 keeps its projections in Conv1D, which torchao does not quantize: refused, not ignored."""
     config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=67, n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     _tiny_model_dir(tmp_path)  # borrow its tokenizer files
     for f in (tmp_path / "tiny").glob("tokenizer*"):
         (tmp_path / "gpt2" / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(loader.ModelLoadError, match="no linear layers quanto can quantize"):
+    with pytest.raises(loader.ModelLoadError, match="no linear layers torchao can quantize"):
         loader.load(Settings(model_path=str(tmp_path / "gpt2"), quantization="int8"))
 
 
@@ -116,3 +125,17 @@ def test_quantization_skip_keeps_named_modules_in_float(tiny: Path) -> None:
     names = [n for n, _ in quantize.quantized_modules(loaded.model)]
     assert len(names) == 2 * 6 and not any("down_proj" in n for n in names)
     assert type(loaded.model.model.layers[0].mlp.down_proj) is nn.Linear
+
+
+@pytest.mark.model
+def test_int8_keeps_layers_it_cannot_group_in_float(tmp_path: Path) -> None:
+    """Input size 32 (q/k/v/o, gate/up) does not divide into groups of 64: those stay float and
+    are said in the log; down_proj (input 64) is quantized."""
+    path = _tiny_model_dir(tmp_path)
+    assert set(quantize.ungroupable_linears(str(path))) == {
+        f"model.layers.{i}.{m}" for i in range(2) for m in (
+            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj", "mlp.up_proj")} | {"lm_head"}
+    loaded = loader.load(Settings(model_path=str(path), quantization="int8"))
+    names = [n for n, _ in quantize.quantized_modules(loaded.model)]
+    assert names == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
