@@ -10,7 +10,8 @@ tokens, streams them and decides which sequences end. Its decisions, in order:
   rows and the `max_batch_tokens` budget (counted with padding, rows x longest possible sequence),
   and the group's padded prompts stay under `max_prefill_tokens`;
 - a group whose prompts share at least `prefix_min_tokens` leading tokens (a chat template's system
-  prompt) reuses that prefix's keys/values, kept for the last `prefix_slots` prefixes;
+  prompt) reuses that prefix's keys/values, kept for the last `prefix_slots` prefixes of each
+  adapter: every adapter has its own keys/values for a prefix (never shared across adapters);
 - after a prefill or an exact call comes a decode step for the running rows, so a flood of
   arrivals never starves them.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from server.engine.errors import QueueFull
 from server.engine.request import FinishReason, GenerationParams, GenerationRequest
-from server.engine.step import Sequence, StepKind, StepOutput, StepPlan
+from server.engine.step import PrefixKey, Sequence, StepKind, StepOutput, StepPlan
 from server.engine.stops import StopChecker, finish_reason
 
 # `extra` options whose value changes nothing for a batched sampling/greedy step.
@@ -54,9 +55,11 @@ def needs_exact(params: GenerationParams) -> bool:
     return False
 
 
-def exact_key(params: GenerationParams) -> str:
-    """Requests with equal keys can share one exact `generate` call (seeded sampling runs alone)."""
+def exact_key(params: GenerationParams, adapter: str | None = None) -> str:
+    """Requests with equal keys can share one exact `generate` call (one adapter per call; seeded
+    sampling runs alone)."""
     fields = params.generate_kwargs()
+    fields["adapter"] = adapter
     fields["logprobs"] = (params.logprobs, params.top_logprobs)
     fields["stop"] = params.stop
     if params.do_sample and params.seed is not None:
@@ -110,7 +113,7 @@ class Policy:
         self._leaving: list[Sequence] = []  # ended since the last plan; the runner drops them
         self._exact_in_flight = 0
         self._last: StepKind = "idle"
-        self._prefixes: OrderedDict[tuple[int, ...], None] = OrderedDict()
+        self._prefixes: OrderedDict[PrefixKey, None] = OrderedDict()
         self._last_prompt: list[int] | None = None
         self.stats = PolicyStats()
 
@@ -251,12 +254,12 @@ class Policy:
         if not live:
             return []
         first, rest = live[0], deque()
-        key, group, widest = exact_key(first.params), [first], first.prompt_tokens
+        key, group, widest = exact_key(first.params, first.adapter_key), [first], first.prompt_tokens
         for r in live[1:]:
             wide = max(widest, r.prompt_tokens)
             fits = (len(group) < self.limits.max_batch_size
                     and (len(group) + 1) * exact_rows(r) * wide <= self.limits.max_prefill_tokens)
-            if fits and exact_key(r.params) == key:
+            if fits and exact_key(r.params, r.adapter_key) == key:
                 group.append(r)
                 widest = wide
             else:
@@ -314,25 +317,32 @@ class Policy:
 
     def _shared_prefix(self, group: list[GenerationRequest]) -> tuple[int, ...] | None:
         """A kept prefix that starts every prompt of the group, or a new one when the group's
-        prompts (or a lone prompt and the one before it) share at least `prefix_min_tokens`."""
+        prompts (or a lone prompt and the one before it) share at least `prefix_min_tokens`. It is
+        kept under each adapter of the group (the runner computes each one's keys/values)."""
         if not self.limits.prefix_min_tokens:
             return None
         prompts = [r.input_ids for r in group]
         previous, self._last_prompt = self._last_prompt, prompts[-1]
-        best = max((p for p in self._prefixes if all(_covers(p, ids) for ids in prompts)),
-                   key=len, default=None)
-        if best is not None:
-            self._prefixes.move_to_end(best)
-            return best
-        others = prompts if len(prompts) > 1 else prompts + ([previous] if previous else [])
-        if len(others) < 2:
-            return None
-        n = min(common_prefix_len(others), min(len(ids) for ids in prompts) - 1)
-        if n < self.limits.prefix_min_tokens:
-            return None
-        prefix = tuple(prompts[0][:n])
-        self._prefixes[prefix] = None
-        while len(self._prefixes) > self.limits.prefix_slots:
+        kept = {ids for _, ids in self._prefixes if all(_covers(ids, p) for p in prompts)}
+        prefix = max(kept, key=len, default=None)
+        if prefix is None:
+            others = prompts if len(prompts) > 1 else prompts + ([previous] if previous else [])
+            if len(others) < 2:
+                return None
+            n = min(common_prefix_len(others), min(len(ids) for ids in prompts) - 1)
+            if n < self.limits.prefix_min_tokens:
+                return None
+            prefix = tuple(prompts[0][:n])
+        for adapter in dict.fromkeys(r.adapter_key for r in group):
+            key = (adapter, prefix)
+            self._prefixes[key] = None
+            self._prefixes.move_to_end(key)
+            # `prefix_slots` per adapter (requests spread over adapters must not evict each
+            # other's), and at most 8 adapters' worth in all
+            mine = [p for p in self._prefixes if p[0] == adapter]
+            for old in mine[: max(0, len(mine) - self.limits.prefix_slots)]:
+                del self._prefixes[old]
+        while len(self._prefixes) > 8 * self.limits.prefix_slots:
             self._prefixes.popitem(last=False)
         return prefix
 

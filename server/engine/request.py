@@ -10,10 +10,11 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from server.adapters.types import AdapterRef
 from server.engine.errors import EngineTimeout, StreamError, failure_message
 
 FinishReason = Literal["length", "eos", "stop", "cancelled", "timeout", "error"]
@@ -105,6 +106,8 @@ class TokenStream:
         self._open = num_sequences
         self.first_token_at: float | None = None
         self.closed = threading.Event()
+        self._on_close: list[Callable[[], None]] = []
+        self._close_lock = threading.Lock()
 
     # producer side (the engine loop's thread)
     def push(self, index: int, token_ids: list[int], logprobs: list[float] | None = None,
@@ -117,11 +120,29 @@ class TokenStream:
         self._queue.put(FinishEvent(index, reason))
         self._open -= 1
         if self._open <= 0:
-            self.closed.set()
+            self._close()
 
     def fail(self, message: str, client_error: bool = False) -> None:
         self._queue.put(StreamError(message, client_error))
-        self.closed.set()
+        self._close()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, when the stream ends (at once if it has): the engine no longer runs
+        this request, e.g. its adapter may be unloaded."""
+        with self._close_lock:
+            if not self.closed.is_set():
+                self._on_close.append(callback)
+                return
+        callback()
+
+    def _close(self) -> None:
+        with self._close_lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     def fail_with(self, exc: BaseException) -> None:
         """Fail this stream for an exception raised while generating (unless it already ended)."""
@@ -158,11 +179,13 @@ class TokenStream:
 class GenerationRequest:
     input_ids: list[int]
     params: GenerationParams
-    adapter: str | None = None
+    adapter: AdapterRef | None = None  # set by the API module; None = DEFAULT_ADAPTER
     deadline: float | None = None  # time.monotonic() after which generation stops ("timeout")
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     arrival: float = field(default_factory=time.monotonic)
     stream: TokenStream = field(init=False)
+    # the loaded peft adapter this request runs with (None = the base model), set by Engine.submit
+    adapter_key: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.stream = TokenStream(self.params.num_return_sequences)

@@ -211,7 +211,7 @@ def test_prompts_sharing_a_prefix_are_prefilled_on_top_of_it() -> None:
     for r in group:
         policy.add(r)
     plan = step(policy)
-    assert plan.prefix == tuple(system) and plan.prefixes == (tuple(system),)
+    assert plan.prefix == tuple(system) and plan.prefixes == ((None, tuple(system)),)
     assert policy.stats.prefix_rows == 3
     policy.add(req(system + [7]))  # a later lone prompt reuses the kept prefix
     step(policy)  # decode
@@ -234,7 +234,7 @@ def test_kept_prefixes_are_the_most_recently_used() -> None:
         policy.add(req(h + [201]))
         while policy.waiting:
             step(policy)
-    assert policy.schedule().prefixes == (tuple(heads[1]), tuple(heads[2]))
+    assert policy.schedule().prefixes == ((None, tuple(heads[1])), (None, tuple(heads[2])))
 
 
 def test_failed_requests_get_an_error_and_leave_the_batch() -> None:
@@ -299,3 +299,45 @@ def test_a_cancelled_exact_request_never_runs() -> None:
     beams.stream.cancel()
     assert policy.schedule().kind == "idle"
     assert events(beams)[-1].reason == "cancelled" and policy.stats.exact_calls == 0
+
+
+def _on(adapter: str | None, r: GenerationRequest) -> GenerationRequest:
+    r.adapter_key = adapter  # what Engine.submit sets from the request's AdapterRef
+    return r
+
+
+def test_prefixes_are_kept_per_adapter() -> None:
+    """The same prefix is kept once per adapter (the runner computes each adapter's own keys and
+    values for it), in `prefix_slots` per adapter, also for a group that mixes adapters."""
+    policy, _ = make_policy(prefix_min_tokens=16, prefix_slots=1, max_batch_size=64)
+    system = list(range(100, 120))
+    other = list(range(200, 220))
+    policy.add(_on("a", req(system + [1])))
+    policy.add(_on("a", req(system + [2])))
+    plan = step(policy)
+    assert plan.prefix == tuple(system) and plan.prefixes == (("a", tuple(system)),)
+    policy.add(_on("b", req(system + [3])))  # a lone prompt on `b`: the kept prefix, under `b` too
+    step(policy)
+    plan = step(policy)
+    assert plan.prefix == tuple(system)
+    assert set(plan.prefixes) == {("a", tuple(system)), ("b", tuple(system))}
+    policy.add(_on("a", req(other + [1])))  # one slot per adapter: `a` keeps only its newest
+    policy.add(_on(None, req(other + [2])))  # a group mixing adapters
+    step(policy)
+    plan = step(policy)
+    assert plan.prefix == tuple(other)
+    assert set(plan.prefixes) == {("a", tuple(other)), (None, tuple(other)), ("b", tuple(system))}
+
+
+def test_exact_groups_never_mix_adapters() -> None:
+    policy, _ = make_policy()
+    beams = (("num_beams", 2),)
+    for adapter in ("a", None, "a", "b"):
+        policy.add(_on(adapter, req(extra=beams)))
+    groups = []
+    while policy.waiting or policy.exact_waiting:
+        plan = policy.schedule()
+        if plan.kind == "exact":
+            groups.append([r.adapter_key for r in plan.exact])
+        policy.update(plan, StepOutput())
+    assert sorted(groups, key=str) == sorted([["a", "a"], [None], ["b"]], key=str)
