@@ -7,6 +7,7 @@ environment variables before gunicorn starts, so the worker reads one source of 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -78,6 +79,13 @@ class Settings:
     pooling_include_prompt: bool | None = None
     embedding_dimensions: tuple[int, ...] = ()
     max_client_batch_size: int = 64
+    # LoRA adapters (README: "LoRA adapters"); server/adapters/ serves them
+    adapters_dir: str = "/mnt/adapter"  # Kaito mounts each adapter at /mnt/adapter/<name>/
+    adapter_roots: tuple[str, ...] = ()  # more folders `local` adapter paths may point into
+    default_adapter: str = ""  # "" = `combined` when ADAPTERS_DIR holds adapters, else `base`
+    max_loaded_adapters: int = 16
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)  # none = admin endpoints refused
+    adapter_allow_remote: bool = False  # `hub` adapters: the local Hugging Face cache only
 
 
 # env var -> (settings field, parser)
@@ -103,6 +111,11 @@ def _max_memory(value: str) -> dict[str, str]:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _paths(value: str) -> tuple[str, ...]:
+    """A colon- or comma-separated list of folders (ADAPTER_ROOTS)."""
+    return tuple(p.strip() for p in re.split(r"[:,]", value) if p.strip())
 
 
 def _json_object(value: str) -> dict[str, Any]:
@@ -167,6 +180,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "MODEL_HANDLER_DIR": ("model_handler_dir", str),
     "POOLING_INCLUDE_PROMPT": ("pooling_include_prompt", _bool),
     "MAX_CLIENT_BATCH_SIZE": ("max_client_batch_size", int),
+    "ADAPTERS_DIR": ("adapters_dir", str),
+    "ADAPTER_ROOTS": ("adapter_roots", _paths),
+    "DEFAULT_ADAPTER": ("default_adapter", str),
+    "MAX_LOADED_ADAPTERS": ("max_loaded_adapters", int),
+    "ADMIN_API_KEYS": ("admin_api_keys", _csv),
+    "ADAPTER_ALLOW_REMOTE": ("adapter_allow_remote", _bool),
 }
 
 
@@ -236,7 +255,7 @@ def _check(s: Settings) -> None:
     if s.pipeline not in ("text-generation", "conversational"):
         raise ConfigError(f"PIPELINE must be text-generation or conversational; got {s.pipeline!r}")
     for name in ("threads", "max_batch_size", "max_batch_tokens", "max_prefill_tokens", "max_body_bytes",
-                 "max_queued_requests", "max_client_batch_size"):
+                 "max_queued_requests", "max_client_batch_size", "max_loaded_adapters"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if s.max_input_tokens < 0 or s.drain_delay_s < 0 or s.prefix_cache_min_tokens < 0:

@@ -79,3 +79,17 @@ def test_quantization_setting_and_preset() -> None:
 def test_quantization_skip_is_a_list() -> None:
     s = load_settings({"QUANTIZATION_SKIP": "down_proj, o_proj"})
     assert s.quantization_skip == ("down_proj", "o_proj")
+
+
+def test_adapter_settings() -> None:
+    s = load_settings({})
+    assert s.adapters_dir == "/mnt/adapter" and s.adapter_roots == () and s.default_adapter == ""
+    assert s.admin_api_keys == () and s.adapter_allow_remote is False and s.max_loaded_adapters >= 1
+    s = load_settings({"ADAPTERS_DIR": "/data/a", "ADAPTER_ROOTS": "/x:/y, /z", "DEFAULT_ADAPTER": "base",
+                       "MAX_LOADED_ADAPTERS": "3", "ADMIN_API_KEYS": "k1,k2", "ADAPTER_ALLOW_REMOTE": "1"})
+    assert s.adapters_dir == "/data/a" and s.adapter_roots == ("/x", "/y", "/z")
+    assert s.default_adapter == "base" and s.max_loaded_adapters == 3
+    assert s.admin_api_keys == ("k1", "k2") and s.adapter_allow_remote is True
+    assert "k1" not in repr(s)
+    with pytest.raises(ValueError, match="MAX_LOADED_ADAPTERS"):
+        load_settings({"MAX_LOADED_ADAPTERS": "0"})

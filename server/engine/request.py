@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from server.adapters.types import AdapterRef
 from server.engine.errors import EngineTimeout, StreamError, failure_message
 
 FinishReason = Literal["length", "eos", "stop", "cancelled", "timeout", "error"]
@@ -158,11 +159,13 @@ class TokenStream:
 class GenerationRequest:
     input_ids: list[int]
     params: GenerationParams
-    adapter: str | None = None
+    adapter: AdapterRef | None = None  # set by the API module; None = DEFAULT_ADAPTER
     deadline: float | None = None  # time.monotonic() after which generation stops ("timeout")
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     arrival: float = field(default_factory=time.monotonic)
     stream: TokenStream = field(init=False)
+    # the loaded peft adapter this request runs with (None = the base model), set by Engine.submit
+    adapter_key: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.stream = TokenStream(self.params.num_return_sequences)
