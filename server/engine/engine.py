@@ -6,8 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+from server.adapters.manager import AdapterManager
+from server.adapters.runtime import use_adapters
+from server.adapters.types import AdapterRef
 from server.config import Settings
 from server.engine.errors import EngineUnavailable
 from server.engine.host import ModelHost
@@ -29,6 +33,7 @@ class Engine(ModelHost):
         self.loaded: loader.LoadedModel | None = None
         self.loop: EngineLoop | None = None
         self.limits: ModelLimits | None = None
+        self.adapters: AdapterManager | None = None
         # requests handed to the loop, so a dead loop thread cannot leave them waiting
         self._submitted: weakref.WeakValueDictionary[str, GenerationRequest] = weakref.WeakValueDictionary()
         self._submitted_lock = threading.Lock()
@@ -46,8 +51,14 @@ class Engine(ModelHost):
             generation_defaults=defaults,
         )
         self.loop = build_loop(loaded, self.settings)
+        adapters = AdapterManager(loaded.model, self.settings, served_name=self.settings.served_model_name)
+        adapters.on_change = metrics.LOADED_ADAPTERS.set
+        adapters.start()  # before the loop runs: Kaito's adapters, `combined`, DEFAULT_ADAPTER
+        adapters.run_exclusive = _between_steps(self.loop, loaded)  # from now on, between two steps
+        self.adapters = adapters
         self.loop.start()
         self.loaded = loaded
+        log.info("Model loaded successfully")  # Kaito's end-to-end tests wait for this line
 
     def _loop_died(self) -> None:
         with self._submitted_lock:
@@ -84,21 +95,52 @@ class Engine(ModelHost):
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
                                      clean_up_tokenization_spaces=clean_up_tokenization_spaces)
 
-    def score(self, input_ids: list[int], start: int = 1,
-              top_n: int = 0) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
-        """Logprobs of given tokens (prompt scoring); see server/engine/scoring.py."""
+    def score(self, input_ids: list[int], start: int = 1, top_n: int = 0, adapter: AdapterRef | None = None,
+              ) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+        """Logprobs of given tokens (prompt scoring) under the request's adapter; see
+        server/engine/scoring.py. Raises AdapterError as `submit` does."""
         from server.engine.scoring import token_logprobs
 
-        return token_logprobs(self._require(), input_ids, start, top_n)
+        loaded = self._require()
+        assert self.adapters is not None
+        key = self.adapters.resolve(adapter, hold=True)
+        try:
+            if key is None:
+                return token_logprobs(loaded, input_ids, start, top_n)
+            # the model lock keeps adapter changes (taken on the loop's thread) out of this forward
+            with loaded.model_lock, use_adapters(key):
+                return token_logprobs(loaded, input_ids, start, top_n)
+        finally:
+            self.adapters.release(key)
 
     def submit(self, request: GenerationRequest) -> None:
+        """Queue a request. Its adapter is resolved here, on the caller's thread (loaded on demand
+        if need be), so that an AdapterError reaches the API module as a 4xx."""
         self._require()
         if self.draining:
             raise EngineUnavailable("the server is shutting down")
-        assert self.loop is not None
-        self.loop.submit(request)
+        assert self.loop is not None and self.adapters is not None
+        key = request.adapter_key = self.adapters.resolve(request.adapter, hold=True)
+        if key is not None:
+            request.stream.on_close(lambda: self.adapters.release(key))
+        try:
+            self.loop.submit(request)
+        except Exception:
+            request.stream.fail("not queued")  # releases the adapter; the caller sees the exception
+            raise
         with self._submitted_lock:
             self._submitted[request.id] = request
+
+
+def _between_steps(loop: EngineLoop, loaded: loader.LoadedModel) -> Callable[[Callable[[], Any]], Any]:
+    """Run a model change on the loop's thread between two steps, holding the model lock (so a
+    prompt-scoring forward on an HTTP thread is not mid-way either)."""
+    def run(fn: Callable[[], Any]) -> Any:
+        def locked() -> Any:
+            with loaded.model_lock:
+                return fn()
+        return loop.call(locked)
+    return run
 
 
 def build_loop(loaded: loader.LoadedModel, s: Settings) -> EngineLoop:

@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import torch
 
@@ -31,6 +33,7 @@ class EngineLoop:
         self.on_step = on_step  # metrics hook: (kind "prefill"/"decode", rows, seconds) per forward
         self._cond = threading.Condition()
         self._stopping = False
+        self._calls: list[tuple[Callable[[], Any], Future]] = []  # run between two steps (call())
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
 
     # what HTTP threads and the metrics see
@@ -67,6 +70,22 @@ class EngineLoop:
             self.policy.add(request)  # raises QueueFull
             self._cond.notify()
 
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run `fn` on the loop's thread between two steps (never during a forward pass) and return
+        its result: how adapters change the model while requests run. Runs at once when the loop
+        is not running or when called from the loop's own thread."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        future: Future = Future()
+        with self._cond:
+            if not self._thread.is_alive():
+                if self._stopping:
+                    raise EngineUnavailable("the engine is not running")
+                return fn()  # not started yet: nothing else uses the model
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future.result(timeout)
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work; the thread ends once what it holds is done."""
         with self._cond:
@@ -76,17 +95,34 @@ class EngineLoop:
 
     # the loop
     def _run(self) -> None:
-        with torch.inference_mode():
-            while self._wait_for_work():
-                self.step()
+        try:
+            with torch.inference_mode():
+                while self._wait_for_work():
+                    self._run_calls()
+                    if self.policy.has_work:
+                        self.step()
+        finally:
+            with self._cond:
+                calls, self._calls = self._calls, []
+            for _, future in calls:
+                future.set_exception(EngineUnavailable("the engine stopped"))
+
+    def _run_calls(self) -> None:
+        with self._cond:
+            calls, self._calls = self._calls, []
+        for fn, future in calls:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller's thread
+                future.set_exception(exc)
 
     def _wait_for_work(self) -> bool:
         with self._cond:
-            while not self.policy.has_work and not self._stopping:
+            while not self.policy.has_work and not self._calls and not self._stopping:
                 self._cond.wait()
-            if not self.policy.has_work:
+            if not self.policy.has_work and not self._calls:
                 return False  # stopping, nothing left
-            idle = not self.policy.running
+            idle = not self.policy.running and not self._calls
         if idle and self.window_s > 0:
             time.sleep(self.window_s)
         return True

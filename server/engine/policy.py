@@ -10,7 +10,8 @@ tokens, streams them and decides which sequences end. Its decisions, in order:
   rows and the `max_batch_tokens` budget (counted with padding, rows x longest possible sequence),
   and the group's padded prompts stay under `max_prefill_tokens`;
 - a group whose prompts share at least `prefix_min_tokens` leading tokens (a chat template's system
-  prompt) reuses that prefix's keys/values, kept for the last `prefix_slots` prefixes;
+  prompt) and one adapter reuses that prefix's keys/values, kept for the last `prefix_slots`
+  prefixes, each under the adapter it was computed with (never shared across adapters);
 - after a prefill or an exact call comes a decode step for the running rows, so a flood of
   arrivals never starves them.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from server.engine.errors import QueueFull
 from server.engine.request import FinishReason, GenerationParams, GenerationRequest
-from server.engine.step import Sequence, StepKind, StepOutput, StepPlan
+from server.engine.step import PrefixKey, Sequence, StepKind, StepOutput, StepPlan
 from server.engine.stops import StopChecker, finish_reason
 
 # `extra` options whose value changes nothing for a batched sampling/greedy step.
@@ -54,9 +55,11 @@ def needs_exact(params: GenerationParams) -> bool:
     return False
 
 
-def exact_key(params: GenerationParams) -> str:
-    """Requests with equal keys can share one exact `generate` call (seeded sampling runs alone)."""
+def exact_key(params: GenerationParams, adapter: str | None = None) -> str:
+    """Requests with equal keys can share one exact `generate` call (one adapter per call; seeded
+    sampling runs alone)."""
     fields = params.generate_kwargs()
+    fields["adapter"] = adapter
     fields["logprobs"] = (params.logprobs, params.top_logprobs)
     fields["stop"] = params.stop
     if params.do_sample and params.seed is not None:
@@ -110,8 +113,8 @@ class Policy:
         self._leaving: list[Sequence] = []  # ended since the last plan; the runner drops them
         self._exact_in_flight = 0
         self._last: StepKind = "idle"
-        self._prefixes: OrderedDict[tuple[int, ...], None] = OrderedDict()
-        self._last_prompt: list[int] | None = None
+        self._prefixes: OrderedDict[PrefixKey, None] = OrderedDict()
+        self._last_prompts: OrderedDict[str | None, list[int]] = OrderedDict()  # by adapter
         self.stats = PolicyStats()
 
     # what the engine loop and the metrics read
@@ -251,12 +254,12 @@ class Policy:
         if not live:
             return []
         first, rest = live[0], deque()
-        key, group, widest = exact_key(first.params), [first], first.prompt_tokens
+        key, group, widest = exact_key(first.params, first.adapter_key), [first], first.prompt_tokens
         for r in live[1:]:
             wide = max(widest, r.prompt_tokens)
             fits = (len(group) < self.limits.max_batch_size
                     and (len(group) + 1) * exact_rows(r) * wide <= self.limits.max_prefill_tokens)
-            if fits and exact_key(r.params) == key:
+            if fits and exact_key(r.params, r.adapter_key) == key:
                 group.append(r)
                 widest = wide
             else:
@@ -312,15 +315,23 @@ class Policy:
             return None
         return self._stop_checker(params)
 
-    def _shared_prefix(self, group: list[GenerationRequest]) -> tuple[int, ...] | None:
+    def _shared_prefix(self, group: list[GenerationRequest]) -> PrefixKey | None:
         """A kept prefix that starts every prompt of the group, or a new one when the group's
-        prompts (or a lone prompt and the one before it) share at least `prefix_min_tokens`."""
+        prompts (or a lone prompt and the one before it with its adapter) share at least
+        `prefix_min_tokens`. Only for a group whose requests use one adapter."""
         if not self.limits.prefix_min_tokens:
             return None
+        adapters = {r.adapter_key for r in group}
         prompts = [r.input_ids for r in group]
-        previous, self._last_prompt = self._last_prompt, prompts[-1]
-        best = max((p for p in self._prefixes if all(_covers(p, ids) for ids in prompts)),
-                   key=len, default=None)
+        adapter = group[0].adapter_key
+        previous = self._last_prompts.pop(adapter, None)
+        self._last_prompts[adapter] = prompts[-1]
+        while len(self._last_prompts) > 4 * self.limits.prefix_slots:
+            self._last_prompts.popitem(last=False)
+        if len(adapters) > 1:
+            return None
+        kept = (p for p in self._prefixes if p[0] == adapter and all(_covers(p[1], ids) for ids in prompts))
+        best = max(kept, key=lambda p: len(p[1]), default=None)
         if best is not None:
             self._prefixes.move_to_end(best)
             return best
@@ -330,7 +341,7 @@ class Policy:
         n = min(common_prefix_len(others), min(len(ids) for ids in prompts) - 1)
         if n < self.limits.prefix_min_tokens:
             return None
-        prefix = tuple(prompts[0][:n])
+        prefix = (adapter, tuple(prompts[0][:n]))
         self._prefixes[prefix] = None
         while len(self._prefixes) > self.limits.prefix_slots:
             self._prefixes.popitem(last=False)

@@ -10,7 +10,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -106,6 +106,8 @@ class TokenStream:
         self._open = num_sequences
         self.first_token_at: float | None = None
         self.closed = threading.Event()
+        self._on_close: list[Callable[[], None]] = []
+        self._close_lock = threading.Lock()
 
     # producer side (the engine loop's thread)
     def push(self, index: int, token_ids: list[int], logprobs: list[float] | None = None,
@@ -118,11 +120,29 @@ class TokenStream:
         self._queue.put(FinishEvent(index, reason))
         self._open -= 1
         if self._open <= 0:
-            self.closed.set()
+            self._close()
 
     def fail(self, message: str, client_error: bool = False) -> None:
         self._queue.put(StreamError(message, client_error))
-        self.closed.set()
+        self._close()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, when the stream ends (at once if it has): the engine no longer runs
+        this request, e.g. its adapter may be unloaded."""
+        with self._close_lock:
+            if not self.closed.is_set():
+                self._on_close.append(callback)
+                return
+        callback()
+
+    def _close(self) -> None:
+        with self._close_lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     def fail_with(self, exc: BaseException) -> None:
         """Fail this stream for an exception raised while generating (unless it already ended)."""

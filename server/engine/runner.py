@@ -18,12 +18,13 @@ from collections.abc import Iterable
 
 import torch
 
+from server.adapters.runtime import use_adapters
 from server.engine.batch import Batch, Prefix, Row, supports_batching
 from server.engine.errors import InvalidDistribution
 from server.engine.exact import generate_exact
 from server.engine.request import GenerationRequest
 from server.engine.sampling import RowSampler, choose
-from server.engine.step import Sampled, Sequence, StepOutput, StepPlan
+from server.engine.step import PrefixKey, Sampled, Sequence, StepOutput, StepPlan
 from server.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class ModelRunner:
         self.model = loaded.model
         self._batch: Batch | None = None
         self._fresh: Batch | None = None  # prefilled in the last step; merged at the next one
-        self._prefixes: dict[tuple[int, ...], Prefix] = {}
+        self._prefixes: dict[PrefixKey, Prefix] = {}
         out = self.model.get_output_embeddings()
         self._logits_device = out.weight.device if out is not None else loaded.device
 
@@ -88,7 +89,8 @@ class ModelRunner:
             rows = [self._row(seq) for seq in plan.rows]
             with self.loaded.exclusive():
                 prefix = self._prefix(plan.prefix)
-                fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
+                with use_adapters([r.request.adapter_key for r in rows]):
+                    fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
             self._sample(fresh, logits, out)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
             log.exception("prefill failed for %d row(s)", len(plan.rows))
@@ -101,7 +103,7 @@ class ModelRunner:
         if not batch:
             return
         try:
-            with self.loaded.exclusive():
+            with self.loaded.exclusive(), use_adapters([r.request.adapter_key for r in batch.rows]):
                 logits = batch.decode(self.model)
             self._sample(batch, logits, out)
         except Exception as exc:  # fail this step's rows; keep serving the queue
@@ -111,7 +113,7 @@ class ModelRunner:
 
     def _exact(self, group: list[GenerationRequest], out: StepOutput) -> None:
         try:
-            with self.loaded.exclusive():
+            with self.loaded.exclusive(), use_adapters(group[0].adapter_key):  # one adapter per group
                 generate_exact(self.loaded, group)
         except Exception as exc:  # one failed call fails its requests, not the server
             log.exception("exact generate failed for %d request(s)", len(group))
@@ -123,12 +125,14 @@ class ModelRunner:
         return Row(seq, RowSampler(req.params, req.input_ids, seq.index, self._logits_device),
                    length=req.prompt_tokens)
 
-    def _prefix(self, ids: tuple[int, ...] | None) -> Prefix | None:
-        if ids is None:
+    def _prefix(self, key: PrefixKey | None) -> Prefix | None:
+        if key is None:
             return None
-        prefix = self._prefixes.get(ids)
+        prefix = self._prefixes.get(key)
         if prefix is None:
-            prefix = self._prefixes[ids] = Prefix.compute(self.model, list(ids))
+            adapter, ids = key
+            with use_adapters(adapter):  # a prefix's keys/values belong to its adapter
+                prefix = self._prefixes[key] = Prefix.compute(self.model, list(ids))
         return prefix
 
     def _sample(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:

@@ -13,6 +13,9 @@ from server.engine.request import FinishReason, GenerationRequest
 from server.engine.stops import StopChecker
 
 StepKind = Literal["idle", "prefill", "decode", "exact"]
+# A shared prompt prefix: the adapter its keys/values were computed with (None: the base model)
+# and its token ids. Keys/values are never shared across adapters.
+PrefixKey = tuple[str | None, tuple[int, ...]]
 
 
 @dataclass(eq=False)
@@ -46,8 +49,8 @@ class StepPlan:
     drop: list[Sequence] = field(default_factory=list)
     rows: list[Sequence] = field(default_factory=list)
     exact: list[GenerationRequest] = field(default_factory=list)
-    prefix: tuple[int, ...] | None = None
-    prefixes: tuple[tuple[int, ...], ...] = ()
+    prefix: PrefixKey | None = None
+    prefixes: tuple[PrefixKey, ...] = ()
 
 
 @dataclass

@@ -55,6 +55,12 @@ class LoadedModel:
         them in and out around each forward, which is not safe from two threads at once."""
         return any(p.device.type == "meta" for p in self.model.parameters())
 
+    @property
+    def model_lock(self) -> threading.RLock:
+        """The lock every forward takes on a CPU or offloaded model; changes to the model's modules
+        (adapters) take it too."""
+        return self._lock
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold around a forward/generate when other threads may use the model too (the batch, the

@@ -38,6 +38,8 @@ LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endp
 TTFT = Histogram("inferbox_time_to_first_token_seconds", "Time to first token", registry=REGISTRY,
                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 
+LOADED_ADAPTERS = Gauge("inferbox_loaded_adapters", "LoRA adapters loaded in the model (named adapters, "
+                        "`combined` and cached merges)", registry=REGISTRY)
 INFLIGHT = Gauge("inferbox_inflight_requests", "HTTP requests in flight (streams until their last byte)",
                  registry=REGISTRY)
 DRAINING = Gauge("inferbox_draining", "1 while the server drains after SIGTERM", registry=REGISTRY)

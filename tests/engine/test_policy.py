@@ -211,11 +211,11 @@ def test_prompts_sharing_a_prefix_are_prefilled_on_top_of_it() -> None:
     for r in group:
         policy.add(r)
     plan = step(policy)
-    assert plan.prefix == tuple(system) and plan.prefixes == (tuple(system),)
+    assert plan.prefix == (None, tuple(system)) and plan.prefixes == ((None, tuple(system)),)
     assert policy.stats.prefix_rows == 3
     policy.add(req(system + [7]))  # a later lone prompt reuses the kept prefix
     step(policy)  # decode
-    assert step(policy).prefix == tuple(system)
+    assert step(policy).prefix == (None, tuple(system))
     short = make_policy(prefix_min_tokens=32)[0]
     for r in [req(system + [1]), req(system + [2])]:
         short.add(r)
@@ -234,7 +234,7 @@ def test_kept_prefixes_are_the_most_recently_used() -> None:
         policy.add(req(h + [201]))
         while policy.waiting:
             step(policy)
-    assert policy.schedule().prefixes == (tuple(heads[1]), tuple(heads[2]))
+    assert policy.schedule().prefixes == ((None, tuple(heads[1])), (None, tuple(heads[2])))
 
 
 def test_failed_requests_get_an_error_and_leave_the_batch() -> None:
