@@ -50,12 +50,13 @@ class Engine(ModelHost):
             vocab_size=int(loaded.model.config.get_text_config().vocab_size),
             generation_defaults=defaults,
         )
-        self.loop = build_loop(loaded, self.settings)
+        loop = build_loop(loaded, self.settings)
         adapters = AdapterManager(loaded.model, self.settings, served_name=self.settings.served_model_name)
         adapters.on_change = metrics.LOADED_ADAPTERS.set
         adapters.start()  # before the loop runs: Kaito's adapters, `combined`, DEFAULT_ADAPTER
-        adapters.run_exclusive = _between_steps(self.loop, loaded)  # from now on, between two steps
+        adapters.run_exclusive = _between_steps(loop, loaded)  # from now on, between two steps
         self.adapters = adapters
+        self.loop = loop
         self.loop.start()
         self.loaded = loaded
         log.info("Model loaded successfully")  # Kaito's end-to-end tests wait for this line

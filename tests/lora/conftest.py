@@ -35,6 +35,23 @@ def start_engine() -> Iterator[Callable[..., Engine]]:
         e.drain(30)
 
 
+@pytest.fixture
+def start_engine_raw() -> Iterator[Callable[..., Engine]]:
+    """Like `start_engine`, but the engine may fail to load (its `load_error` says why)."""
+    engines: list[Engine] = []
+
+    def start(**settings: Any) -> Engine:
+        engine = Engine(Settings(model_path=str(MODEL_DIR), torch_dtype="float32", device_map="cpu",
+                                 **settings))
+        engine.start(background=False)
+        engines.append(engine)
+        return engine
+
+    yield start
+    for e in engines:
+        e.drain(30)
+
+
 class Reference:
     """The embedded model under peft, one adapter at a time (`set_adapter`), batch of one."""
 
