@@ -94,6 +94,14 @@ class AdapterManager:
             named = [e for e in self._entries.values() if e.name and not e.closing]
         return [e.info(self.parent) for e in sorted(named, key=lambda e: (e.name != COMBINED, e.name))]
 
+    def label(self, key: str | None) -> str:
+        """The metrics label of a resolved key: "base", an adapter's name, or "merged" (any merge)."""
+        if key is None:
+            return BASE
+        with self._lock:
+            entry = self._entries.get(key)
+            return (entry.name or "merged") if entry is not None else "-"
+
     # start-up
     def start(self, env: Mapping[str, str] | None = None) -> list[str]:
         """Load every adapter under ADAPTERS_DIR with its Kaito strength (an environment variable

@@ -122,6 +122,7 @@ class Engine(ModelHost):
             raise EngineUnavailable("the server is shutting down")
         assert self.loop is not None and self.adapters is not None
         key = request.adapter_key = self.adapters.resolve(request.adapter, hold=True)
+        metrics.ADAPTER.set(self.adapters.label(key))  # the HTTP request's metrics label
         if key is not None:
             request.stream.on_close(lambda: self.adapters.release(key))
         try:

@@ -40,6 +40,7 @@ def install(app: Flask) -> None:
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
         g.started = time.monotonic()
         g.usage = Usage()
+        metrics.ADAPTER.set("-")  # this thread served other requests before
 
     @app.after_request
     def _done(resp: Response) -> Response:
@@ -47,7 +48,7 @@ def install(app: Flask) -> None:
         started = g.get("started", time.monotonic())
         request_id = g.get("request_id", "-")
         resp.headers["X-Request-Id"] = request_id
-        metrics.REQUESTS.labels(endpoint, str(resp.status_code)).inc()
+        metrics.REQUESTS.labels(endpoint, str(resp.status_code), metrics.ADAPTER.get()).inc()
         line = _Line(request_id, request.method, endpoint, resp.status_code, started,
                      g.get("usage") or Usage(), g.get("api_key_id", "-"))
         if resp.is_streamed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import psutil
@@ -10,10 +11,17 @@ from prometheus_client.exposition import choose_encoder
 
 REGISTRY = CollectorRegistry()
 
-REQUESTS = Counter("inferbox_requests", "HTTP requests by endpoint and status",
-                   ["endpoint", "status"], registry=REGISTRY)
-TOKENS_IN = Counter("inferbox_prompt_tokens", "Prompt tokens processed", registry=REGISTRY)
-TOKENS_OUT = Counter("inferbox_generated_tokens", "Tokens generated", registry=REGISTRY)
+# The adapter an HTTP request's generation runs with, as a metrics label: "base", "combined", an
+# adapter's name, "merged" (any LoRAX merged_adapters recipe), "-" before any generation (or refused).
+# Engine.submit sets it on the HTTP thread; the access log resets it per request. Only loaded
+# adapters' names appear, so a client cannot grow the series by naming adapters.
+ADAPTER: contextvars.ContextVar[str] = contextvars.ContextVar("inferbox_adapter", default="-")
+REQUESTS = Counter("inferbox_requests", "HTTP requests by endpoint, status and adapter",
+                   ["endpoint", "status", "adapter"], registry=REGISTRY)
+TOKENS_IN = Counter("inferbox_prompt_tokens", "Prompt tokens processed, by adapter", ["adapter"],
+                    registry=REGISTRY)
+TOKENS_OUT = Counter("inferbox_generated_tokens", "Tokens generated, by adapter", ["adapter"],
+                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("inferbox_queue_depth", "Requests waiting for the engine", registry=REGISTRY)
 BATCH_SIZE = Gauge("inferbox_running_batch_size", "Requests in the running batch", registry=REGISTRY)
 ENGINE_PATH = Counter("inferbox_engine_path",
@@ -63,9 +71,11 @@ def record_step(kind: str, rows: int, seconds: float) -> None:
     STEP_SECONDS.labels(kind=kind).inc(seconds)
 
 
-def record_tokens(prompt_tokens: int, generated_tokens: int) -> None:
-    TOKENS_IN.inc(prompt_tokens)
-    TOKENS_OUT.inc(generated_tokens)
+def record_tokens(prompt_tokens: int, generated_tokens: int, adapter: str | None = None) -> None:
+    """Count tokens under `adapter` (default: the one this HTTP request's generation used)."""
+    label = adapter or ADAPTER.get()
+    TOKENS_IN.labels(adapter=label).inc(prompt_tokens)
+    TOKENS_OUT.labels(adapter=label).inc(generated_tokens)
 
 
 def wants_prometheus(accept: str) -> bool:

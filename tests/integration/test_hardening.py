@@ -157,8 +157,8 @@ def test_prometheus_series(hard: ServerProcess) -> None:
     assert requests.post(hard.url + "/chat", json=body, timeout=30).status_code == 401
     assert requests.post(hard.url + "/chat", json=body, headers=AUTH, timeout=120).status_code == 200
     text = requests.get(hard.url + "/metrics", headers={"Accept": "text/plain"}, timeout=10).text
-    for series in ('inferbox_requests_total{endpoint="/chat",status="401"}',
-                   'inferbox_requests_total{endpoint="/chat",status="200"}',
+    for series in ('inferbox_requests_total{adapter="-",endpoint="/chat",status="401"}',
+                   'inferbox_requests_total{adapter="base",endpoint="/chat",status="200"}',
                    "inferbox_queue_depth", "inferbox_running_batch_size", "inferbox_prompt_tokens_total",
                    "inferbox_generated_tokens_total", "inferbox_time_to_first_token_seconds_count",
                    "inferbox_request_latency_seconds_bucket", 'inferbox_engine_path_total{path="exact"}',

@@ -91,6 +91,7 @@ def test_every_bad_input_is_an_adapter_error_and_the_engine_keeps_serving(engine
             assert str(roots["outside"]) not in err.value.message
     ok = make_request(engine, "Hi", AdapterRef("adapter1"), max_new_tokens=3)
     engine.submit(ok)
+    assert metrics.ADAPTER.get() == "adapter1"  # this thread's request is counted under its adapter
     assert len(collect(ok, timeout=120)[0].token_ids) >= 1
     assert all(e.users == 0 for e in engine.adapters._entries.values())  # no hold leaked by a refusal
     names = {a.name for a in engine.adapters.list()}
