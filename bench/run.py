@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,8 +37,10 @@ from tools.local_server import MODEL_DIR, ROOT, start_server
 RESULTS = ROOT / "bench" / "results"
 
 
-def chat(url: str, i: int, new_tokens: int) -> None:
+def chat(url: str, i: int, new_tokens: int, adapter: str | None = None) -> None:
     body = {"messages": messages(i), "generate_kwargs": generate_kwargs(new_tokens)}
+    if adapter is not None:
+        body["adapter"] = adapter  # Kaito /chat's adapter (an inferbox extension)
     resp = requests.post(url + "/chat", json=body, timeout=900)
     resp.raise_for_status()
 
@@ -86,15 +89,18 @@ def engine_profile(before: dict[str, float], after: dict[str, float], wall: floa
     return prof
 
 
-def throughput(url: str, clients: int, rounds: int, new_tokens: int) -> dict[str, float]:
-    """c closed-loop clients, `rounds` requests each; tokens/s over the whole wall time."""
+def throughput(url: str, clients: int, rounds: int, new_tokens: int,
+               adapter_of: Callable[[int], str | None] | None = None) -> dict[str, float]:
+    """c closed-loop clients, `rounds` requests each; tokens/s over the whole wall time. Request i
+    uses the adapter `adapter_of(i)` (default: none named)."""
     latencies: list[float] = []
     before = engine_counters(url)
 
     def client(k: int) -> None:
         for r in range(rounds):
             t = time.perf_counter()
-            chat(url, k + r * clients, new_tokens)
+            i = k + r * clients
+            chat(url, i, new_tokens, adapter_of(i) if adapter_of else None)
             latencies.append(time.perf_counter() - t)
 
     start = time.perf_counter()
@@ -259,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-runs", type=int, default=5, help="single requests per server (kernel check)")
     ap.add_argument("--quick", action="store_true",
                     help="c = 1, 8; 32 new tokens; one round; 3 probes; kernel check at c = 1, 2")
+    ap.add_argument("--adapters", type=int, default=0,
+                    help="N > 0: the adapter check (bench/adapter_check.py) with N LoRA adapters")
+    ap.add_argument("--adapter-rank", type=int, default=8, help="rank of the adapter check's adapters")
+    ap.add_argument("--adapter-clients", type=int, default=8, help="concurrency of the adapter check")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -307,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
 
             kernels = kernel_check(url, args.model, env, RESULTS, levels, args.repeats, args.rounds, n,
                                    args.latency_runs)
+        adapters = None
+        if args.adapters > 0:
+            print(f"adapter check: {args.adapters} adapters at c={args.adapter_clients}...", flush=True)
+            from bench.adapter_check import adapter_check
+
+            adapters = adapter_check(url, args.model, env, RESULTS, args.adapters, args.adapter_rank,
+                                     args.adapter_clients, args.repeats, args.rounds, n)
     finally:
         srv.stop()
         worker.close()
@@ -317,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         "time": stamp, "model": args.model, "model_name": Path(args.model).name, "new_tokens": n,
         "device": "cuda" if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
         "platform": platform.platform(), "load_after": os.getloadavg(), "server_env": env,
-        "bare": bare_result, "server": server, "ttft": ttft, "kernels": kernels,
+        "bare": bare_result, "server": server, "ttft": ttft, "kernels": kernels, "adapters": adapters,
         "engine_paths": [line for line in metrics.splitlines() if line.startswith("inferbox_engine_path")],
     }
     json_path = RESULTS / f"bench-{stamp}.json"
@@ -329,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
         from bench.kernel_check import kernel_table_lines
 
         print("\n".join(kernel_table_lines(kernels)))
+    if adapters:
+        from bench.adapter_check import adapter_table_lines
+
+        print("\n".join(adapter_table_lines(adapters)))
     print(f"load after: {result['load_after']}")
     print(f"wrote {json_path} and {png_path}")
 
