@@ -48,6 +48,8 @@ def read_config(folder: Path, label: str) -> dict:
         raise _invalid(label, f"only LoRA adapters are served (peft_type {config.get('peft_type')!r})")
     if config.get("use_dora"):
         raise _invalid(label, "DoRA adapters cannot share a batch with other adapters")
+    if config.get("lora_bias"):
+        raise _invalid(label, "adapters with a lora_B bias (lora_bias) are not served")
     if config.get("modules_to_save"):
         raise _invalid(label, "adapters that replace whole modules (modules_to_save) are not served")
     rank = config.get("r")

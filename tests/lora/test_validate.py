@@ -78,6 +78,7 @@ def test_unknown_target_modules_are_refused(tmp_path: Path) -> None:
     ({"use_dora": True}, "DoRA"),
     ({"r": 0}, "rank"),
     ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ({"lora_bias": True}, "lora_bias"),
 ])
 def test_unsupported_configs(tmp_path: Path, config: dict, needle: str) -> None:
     _refused(_write(tmp_path / "a", config=config), _Tiny(), needle)
