@@ -11,7 +11,7 @@ tokens, streams them and decides which sequences end. Its decisions, in order:
   and the group's padded prompts stay under `max_prefill_tokens`;
 - a group whose prompts share at least `prefix_min_tokens` leading tokens (a chat template's system
   prompt) and one adapter reuses that prefix's keys/values, kept for the last `prefix_slots`
-  prefixes, each under the adapter it was computed with (never shared across adapters);
+  prefixes of each adapter, under the adapter it was computed with (never shared across adapters);
 - after a prefill or an exact call comes a decode step for the running rows, so a flood of
   arrivals never starves them.
 """
@@ -343,7 +343,12 @@ class Policy:
             return None
         prefix = (adapter, tuple(prompts[0][:n]))
         self._prefixes[prefix] = None
-        while len(self._prefixes) > self.limits.prefix_slots:
+        # `prefix_slots` per adapter (requests spread over adapters must not evict each other's),
+        # and at most 8 adapters' worth in all
+        mine = [p for p in self._prefixes if p[0] == adapter]
+        for old in mine[: max(0, len(mine) - self.limits.prefix_slots)]:
+            del self._prefixes[old]
+        while len(self._prefixes) > 8 * self.limits.prefix_slots:
             self._prefixes.popitem(last=False)
         return prefix
 

@@ -299,3 +299,44 @@ def test_a_cancelled_exact_request_never_runs() -> None:
     beams.stream.cancel()
     assert policy.schedule().kind == "idle"
     assert events(beams)[-1].reason == "cancelled" and policy.stats.exact_calls == 0
+
+
+def _on(adapter: str | None, r: GenerationRequest) -> GenerationRequest:
+    r.adapter_key = adapter  # what Engine.submit sets from the request's AdapterRef
+    return r
+
+
+def test_prefixes_are_never_shared_across_adapters() -> None:
+    policy, _ = make_policy(prefix_min_tokens=16, prefix_slots=1, max_batch_size=64)
+    system = list(range(100, 120))
+    policy.add(_on("a", req(system + [1])))
+    policy.add(_on("a", req(system + [2])))
+    assert step(policy).prefix == ("a", tuple(system))
+    policy.add(_on("b", req(system + [3])))  # same tokens, another adapter: its own keys/values
+    step(policy)
+    assert step(policy).prefix is None
+    policy.add(_on("b", req(system + [4])))  # the lone prompt before it on `b` shares the prefix
+    step(policy)
+    assert step(policy).prefix == ("b", tuple(system))
+    policy.add(_on("a", req(system + [5])))  # `a` kept its own (one slot per adapter)
+    step(policy)
+    assert step(policy).prefix == ("a", tuple(system))
+    assert set(policy.schedule().prefixes) == {("a", tuple(system)), ("b", tuple(system))}
+    mixed, _ = make_policy(prefix_min_tokens=16)
+    mixed.add(_on("a", req(system + [1])))
+    mixed.add(_on(None, req(system + [2])))
+    assert mixed.schedule().prefix is None  # a group mixing adapters computes no shared prefix
+
+
+def test_exact_groups_never_mix_adapters() -> None:
+    policy, _ = make_policy()
+    beams = (("num_beams", 2),)
+    for adapter in ("a", None, "a", "b"):
+        policy.add(_on(adapter, req(extra=beams)))
+    groups = []
+    while policy.waiting or policy.exact_waiting:
+        plan = policy.schedule()
+        if plan.kind == "exact":
+            groups.append([r.adapter_key for r in plan.exact])
+        policy.update(plan, StepOutput())
+    assert sorted(groups, key=str) == sorted([["a", "a"], [None], ["b"]], key=str)
