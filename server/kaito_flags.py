@@ -4,7 +4,8 @@ turned into inferbox's environment variables, so Kaito's command lines keep work
 Every flag Kaito's runtime accepts is handled one of three ways, and none is silently dropped:
 - mapped onto a setting (`--torch_dtype` -> TORCH_DTYPE, `--load_in_8bit` -> QUANTIZATION=int8, ...);
 - ignored with a warning where it cannot change what is served (download and cache options, the
-  adapter merge method with no adapters, accelerate launcher options);
+  adapter merge method (`combined` is always the exact strength-weighted sum), accelerate launcher
+  options);
 - refused at start, with the reason, where it would change what is served and inferbox cannot do
   it. Kaito passes flags it does not know on to `from_pretrained`, where they can change the model,
   so an unknown flag is refused too.
@@ -38,7 +39,7 @@ SWITCHES: dict[str, str] = {
 # Kaito's quantization switches -> QUANTIZATION (bitsandbytes there; optimum-quanto here)
 QUANTIZATION_SWITCHES: dict[str, str] = {"load_in_8bit": "int8", "load_in_4bit": "int4"}
 # No effect on what is served: where and how weights are downloaded or cached, loading-time
-# reports, the adapter merge method (no adapters are loaded), accelerate launcher options.
+# reports, the adapter merge method (`combined` is peft's exact `cat` sum), accelerate launcher options.
 NO_EFFECT_VALUES = ("cache_dir", "proxies", "combination_type", "num_processes", "num_machines",
                     "gpu_ids", "mixed_precision")
 NO_EFFECT_SWITCHES = ("force_download", "resume_download", "output_loading_info", "low_cpu_mem_usage")

@@ -179,6 +179,8 @@ class AdapterManager:
 
     def unload(self, name: str, timeout: float | None = None) -> None:
         """Stop new requests from using `name`, wait for the rows that do, then free it."""
+        if name == COMBINED:  # DEFAULT_ADAPTER may be it, and its parts may be gone: it stays
+            raise AdapterError("invalid_adapter", "`combined` is built at start-up and cannot be unloaded")
         with self._lock:
             key = self._names.get(name)
             if key is None:

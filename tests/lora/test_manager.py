@@ -96,6 +96,9 @@ def test_every_bad_input_is_an_adapter_error_and_the_engine_keeps_serving(engine
     assert all(e.users == 0 for e in engine.adapters._entries.values())  # no hold leaked by a refusal
     names = {a.name for a in engine.adapters.list()}
     assert names == {"combined", "adapter1", "adapter2", "adapter3"}  # nothing half-loaded stayed
+    with pytest.raises(AdapterError) as err:
+        engine.adapters.unload("combined")
+    assert err.value.status == 400
 
 
 def test_scoring_takes_the_adapter(engine) -> None:
