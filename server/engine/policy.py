@@ -10,8 +10,8 @@ tokens, streams them and decides which sequences end. Its decisions, in order:
   rows and the `max_batch_tokens` budget (counted with padding, rows x longest possible sequence),
   and the group's padded prompts stay under `max_prefill_tokens`;
 - a group whose prompts share at least `prefix_min_tokens` leading tokens (a chat template's system
-  prompt) and one adapter reuses that prefix's keys/values, kept for the last `prefix_slots`
-  prefixes of each adapter, under the adapter it was computed with (never shared across adapters);
+  prompt) reuses that prefix's keys/values, kept for the last `prefix_slots` prefixes of each
+  adapter: every adapter has its own keys/values for a prefix (never shared across adapters);
 - after a prefill or an exact call comes a decode step for the running rows, so a flood of
   arrivals never starves them.
 """
@@ -114,7 +114,7 @@ class Policy:
         self._exact_in_flight = 0
         self._last: StepKind = "idle"
         self._prefixes: OrderedDict[PrefixKey, None] = OrderedDict()
-        self._last_prompts: OrderedDict[str | None, list[int]] = OrderedDict()  # by adapter
+        self._last_prompt: list[int] | None = None
         self.stats = PolicyStats()
 
     # what the engine loop and the metrics read
@@ -315,39 +315,33 @@ class Policy:
             return None
         return self._stop_checker(params)
 
-    def _shared_prefix(self, group: list[GenerationRequest]) -> PrefixKey | None:
+    def _shared_prefix(self, group: list[GenerationRequest]) -> tuple[int, ...] | None:
         """A kept prefix that starts every prompt of the group, or a new one when the group's
-        prompts (or a lone prompt and the one before it with its adapter) share at least
-        `prefix_min_tokens`. Only for a group whose requests use one adapter."""
+        prompts (or a lone prompt and the one before it) share at least `prefix_min_tokens`. It is
+        kept under each adapter of the group (the runner computes each one's keys/values)."""
         if not self.limits.prefix_min_tokens:
             return None
-        adapters = {r.adapter_key for r in group}
         prompts = [r.input_ids for r in group]
-        adapter = group[0].adapter_key
-        previous = self._last_prompts.pop(adapter, None)
-        self._last_prompts[adapter] = prompts[-1]
-        while len(self._last_prompts) > 4 * self.limits.prefix_slots:
-            self._last_prompts.popitem(last=False)
-        if len(adapters) > 1:
-            return None
-        kept = (p for p in self._prefixes if p[0] == adapter and all(_covers(p[1], ids) for ids in prompts))
-        best = max(kept, key=lambda p: len(p[1]), default=None)
-        if best is not None:
-            self._prefixes.move_to_end(best)
-            return best
-        others = prompts if len(prompts) > 1 else prompts + ([previous] if previous else [])
-        if len(others) < 2:
-            return None
-        n = min(common_prefix_len(others), min(len(ids) for ids in prompts) - 1)
-        if n < self.limits.prefix_min_tokens:
-            return None
-        prefix = (adapter, tuple(prompts[0][:n]))
-        self._prefixes[prefix] = None
-        # `prefix_slots` per adapter (requests spread over adapters must not evict each other's),
-        # and at most 8 adapters' worth in all
-        mine = [p for p in self._prefixes if p[0] == adapter]
-        for old in mine[: max(0, len(mine) - self.limits.prefix_slots)]:
-            del self._prefixes[old]
+        previous, self._last_prompt = self._last_prompt, prompts[-1]
+        kept = {ids for _, ids in self._prefixes if all(_covers(ids, p) for p in prompts)}
+        prefix = max(kept, key=len, default=None)
+        if prefix is None:
+            others = prompts if len(prompts) > 1 else prompts + ([previous] if previous else [])
+            if len(others) < 2:
+                return None
+            n = min(common_prefix_len(others), min(len(ids) for ids in prompts) - 1)
+            if n < self.limits.prefix_min_tokens:
+                return None
+            prefix = tuple(prompts[0][:n])
+        for adapter in dict.fromkeys(r.adapter_key for r in group):
+            key = (adapter, prefix)
+            self._prefixes[key] = None
+            self._prefixes.move_to_end(key)
+            # `prefix_slots` per adapter (requests spread over adapters must not evict each
+            # other's), and at most 8 adapters' worth in all
+            mine = [p for p in self._prefixes if p[0] == adapter]
+            for old in mine[: max(0, len(mine) - self.limits.prefix_slots)]:
+                del self._prefixes[old]
         while len(self._prefixes) > 8 * self.limits.prefix_slots:
             self._prefixes.popitem(last=False)
         return prefix

@@ -87,9 +87,10 @@ class ModelRunner:
     def _prefill(self, plan: StepPlan, out: StepOutput) -> None:
         try:
             rows = [self._row(seq) for seq in plan.rows]
+            adapters = [r.request.adapter_key for r in rows]
             with self.loaded.exclusive():
-                prefix = self._prefix(plan.prefix)
-                with use_adapters([r.request.adapter_key for r in rows]):
+                prefix = self._prefix(plan.prefix, adapters)
+                with use_adapters(adapters):
                     fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
             self._sample(fresh, logits, out)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
@@ -125,15 +126,23 @@ class ModelRunner:
         return Row(seq, RowSampler(req.params, req.input_ids, seq.index, self._logits_device),
                    length=req.prompt_tokens)
 
-    def _prefix(self, key: PrefixKey | None) -> Prefix | None:
-        if key is None:
+    def _prefix(self, ids: tuple[int, ...] | None, adapters: list[str | None]) -> Prefix | None:
+        """The prefix's keys/values for these rows: each row's adapter's own (computed once under
+        that adapter and kept), stacked along the batch when the rows' adapters differ."""
+        if ids is None:
             return None
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            adapter, ids = key
-            with use_adapters(adapter):  # a prefix's keys/values belong to its adapter
-                prefix = self._prefixes[key] = Prefix.compute(self.model, list(ids))
-        return prefix
+        per: dict[str | None, Prefix] = {}
+        for adapter in dict.fromkeys(adapters):
+            prefix = self._prefixes.get((adapter, ids))
+            if prefix is None:
+                with use_adapters(adapter):
+                    prefix = self._prefixes[(adapter, ids)] = Prefix.compute(self.model, list(ids))
+            per[adapter] = prefix
+        if len(per) == 1:
+            return next(iter(per.values()))
+        layers = [tuple(torch.cat([per[a].layers[n][kv] for a in adapters]) for kv in (0, 1))
+                  for n in range(len(per[adapters[0]].layers))]
+        return Prefix(ids, layers)  # type: ignore[arg-type]
 
     def _sample(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
         """Choose one token per row; a row whose distribution broke fails its request alone."""

@@ -13,8 +13,8 @@ from server.engine.request import FinishReason, GenerationRequest
 from server.engine.stops import StopChecker
 
 StepKind = Literal["idle", "prefill", "decode", "exact"]
-# A shared prompt prefix: the adapter its keys/values were computed with (None: the base model)
-# and its token ids. Keys/values are never shared across adapters.
+# A kept prompt prefix: the adapter its keys/values were computed with (None: the base model) and
+# its token ids. Keys/values are never shared across adapters: each adapter has its own.
 PrefixKey = tuple[str | None, tuple[int, ...]]
 
 
@@ -43,13 +43,14 @@ class Sequence:
 class StepPlan:
     """What the runner does in one step. `drop` leave the running batch first; then, by `kind`:
     prefill `rows` (with the shared `prefix`, if any), decode `rows` (every running sequence),
-    or run the `exact` group through `generate`. `prefixes` are the prefixes worth keeping."""
+    or run the `exact` group through `generate`. `prefixes` are the prefixes worth keeping, each
+    under one adapter: a prefill on `prefix` uses each row's adapter's own keys/values."""
 
     kind: StepKind
     drop: list[Sequence] = field(default_factory=list)
     rows: list[Sequence] = field(default_factory=list)
     exact: list[GenerationRequest] = field(default_factory=list)
-    prefix: PrefixKey | None = None
+    prefix: tuple[int, ...] | None = None
     prefixes: tuple[PrefixKey, ...] = ()
 
 

@@ -211,11 +211,11 @@ def test_prompts_sharing_a_prefix_are_prefilled_on_top_of_it() -> None:
     for r in group:
         policy.add(r)
     plan = step(policy)
-    assert plan.prefix == (None, tuple(system)) and plan.prefixes == ((None, tuple(system)),)
+    assert plan.prefix == tuple(system) and plan.prefixes == ((None, tuple(system)),)
     assert policy.stats.prefix_rows == 3
     policy.add(req(system + [7]))  # a later lone prompt reuses the kept prefix
     step(policy)  # decode
-    assert step(policy).prefix == (None, tuple(system))
+    assert step(policy).prefix == tuple(system)
     short = make_policy(prefix_min_tokens=32)[0]
     for r in [req(system + [1]), req(system + [2])]:
         short.add(r)
@@ -306,26 +306,27 @@ def _on(adapter: str | None, r: GenerationRequest) -> GenerationRequest:
     return r
 
 
-def test_prefixes_are_never_shared_across_adapters() -> None:
+def test_prefixes_are_kept_per_adapter() -> None:
+    """The same prefix is kept once per adapter (the runner computes each adapter's own keys and
+    values for it), in `prefix_slots` per adapter, also for a group that mixes adapters."""
     policy, _ = make_policy(prefix_min_tokens=16, prefix_slots=1, max_batch_size=64)
     system = list(range(100, 120))
+    other = list(range(200, 220))
     policy.add(_on("a", req(system + [1])))
     policy.add(_on("a", req(system + [2])))
-    assert step(policy).prefix == ("a", tuple(system))
-    policy.add(_on("b", req(system + [3])))  # same tokens, another adapter: its own keys/values
+    plan = step(policy)
+    assert plan.prefix == tuple(system) and plan.prefixes == (("a", tuple(system)),)
+    policy.add(_on("b", req(system + [3])))  # a lone prompt on `b`: the kept prefix, under `b` too
     step(policy)
-    assert step(policy).prefix is None
-    policy.add(_on("b", req(system + [4])))  # the lone prompt before it on `b` shares the prefix
+    plan = step(policy)
+    assert plan.prefix == tuple(system)
+    assert set(plan.prefixes) == {("a", tuple(system)), ("b", tuple(system))}
+    policy.add(_on("a", req(other + [1])))  # one slot per adapter: `a` keeps only its newest
+    policy.add(_on(None, req(other + [2])))  # a group mixing adapters
     step(policy)
-    assert step(policy).prefix == ("b", tuple(system))
-    policy.add(_on("a", req(system + [5])))  # `a` kept its own (one slot per adapter)
-    step(policy)
-    assert step(policy).prefix == ("a", tuple(system))
-    assert set(policy.schedule().prefixes) == {("a", tuple(system)), ("b", tuple(system))}
-    mixed, _ = make_policy(prefix_min_tokens=16)
-    mixed.add(_on("a", req(system + [1])))
-    mixed.add(_on(None, req(system + [2])))
-    assert mixed.schedule().prefix is None  # a group mixing adapters computes no shared prefix
+    plan = step(policy)
+    assert plan.prefix == tuple(other)
+    assert set(plan.prefixes) == {("a", tuple(other)), (None, tuple(other)), ("b", tuple(system))}
 
 
 def test_exact_groups_never_mix_adapters() -> None:
