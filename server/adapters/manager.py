@@ -36,6 +36,7 @@ from server.adapters.types import (
 )
 from server.adapters.validate import check_adapter
 from server.config import Settings
+from server.engine.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 MAX_MERGE_IDS = 16
@@ -235,6 +236,8 @@ class AdapterManager:
             key = self._new_key(name)
             try:
                 self._exclusive(lambda: self.runtime.load(key, str(folder)))
+            except EngineUnavailable:  # the engine stopped (a drain): not the adapter's fault
+                raise
             except Exception as exc:
                 log.warning("adapter %s failed to load: %s", name, type(exc).__name__)
                 self._exclusive(lambda: self.runtime.delete(key))

@@ -14,8 +14,9 @@ layer whatever the number of adapters, instead of peft's mixed-batch forward (`a
 which gathers, multiplies and scatters once per adapter in every layer and builds Python index
 lists at every call. With four adapters and the base at 8 rows that took throughput from 0.71x
 to 0.81x of an engine without adapters (in-process, a busy 2-core machine; `make bench
---adapters` measures it through the server). The mask multiplies other adapters' columns by exactly 0, and the tests hold greedy
-outputs token-identical to peft's PeftModel running each adapter alone.
+--adapters` measures it through the server). The mask multiplies other adapters' columns by
+exactly 0, and the tests hold greedy outputs token-identical to peft's PeftModel running each
+adapter alone.
 The CPU kernels of server/model/cpu_kernels.py stay on the base layers that peft wraps.
 
 Every method that changes the model (`load`, `delete`, `merge`) must run while no forward pass
