@@ -205,3 +205,27 @@ def test_load_use_unload_while_other_requests_stream(roots, reference: Reference
     with pytest.raises(AdapterError) as err:
         engine.adapters.load("base", str(roots["mnt"] / "adapter2"))
     assert err.value.kind == "invalid_adapter"
+
+
+def test_hub_adapters_come_from_the_local_cache(engine, adapters_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """`adapter_source: hub` reads the local Hugging Face cache (no download: ADAPTER_ALLOW_REMOTE
+    is off); the token is never logged."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--team--sql-lora" / "snapshots" / ("0" * 40)
+    shutil.copytree(adapters_dir / "adapter2", snapshot)
+    (tmp_path / "models--team--sql-lora" / "refs").mkdir()
+    (tmp_path / "models--team--sql-lora" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    ref = AdapterRef("team/sql-lora", source="hub", api_token="hf_secret_token")
+    with caplog.at_level("DEBUG"):
+        req = make_request(engine, "Hi", ref, max_new_tokens=2)
+        engine.submit(req)
+        assert collect(req, timeout=120)[0].token_ids
+    assert "team/sql-lora" in {a.name for a in engine.adapters.list()}
+    assert "hf_secret_token" not in caplog.text and "hf_secret_token" not in repr(ref)
+    with pytest.raises(AdapterError) as err:  # a local name is not looked up on the hub, and back
+        engine.submit(make_request(engine, "Hi", AdapterRef("team/other", source="hub")))
+    assert err.value.status == 404
