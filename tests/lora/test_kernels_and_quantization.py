@@ -1,6 +1,6 @@
 """LoRA layers compose with the CPU kernels (server/model/cpu_kernels.py) and with quantized
-(int8, optimum-quanto) base layers: peft wraps the layer the loader prepared, which keeps its own
-kernel; the adapter's small matrices run in float."""
+base layers (int8: torchao, int4: optimum-quanto): peft wraps the layer the loader prepared, which
+keeps its own kernel; the adapter's small matrices run in float."""
 
 from __future__ import annotations
 
@@ -39,17 +39,17 @@ def test_lora_wraps_the_kernel_layers(adapters_dir: Path, start_engine) -> None:
     assert not hasattr(q.lora_A["adapter1_1"], "onednn_rows")  # the adapter's own layers: plain
 
 
-@pytest.mark.parametrize("quantization", ["int8"])
+@pytest.mark.parametrize("quantization", ["int8", "int4"])  # torchao's int8, quanto's int4
 def test_quantized_base_layers_serve_adapters(adapters_dir: Path, start_engine, quantization: str) -> None:
-    from optimum.quanto import QLinear
+    from server.model.quantize import quantized_modules
 
     engine = start_engine(adapters_dir=str(adapters_dir), default_adapter="base", quantization=quantization)
     q = engine.loaded.model.get_submodule("model.layers.0.self_attn.q_proj")
-    assert isinstance(q.base_layer, QLinear)
+    assert any(m is q.base_layer for _, m in quantized_modules(engine.loaded.model))
     reqs = [make_request(engine, "Write a haiku about autumn.", AdapterRef(name), max_new_tokens=10)
             for name in ("base", "adapter1", "adapter3")]
     for r in reqs:
         engine.submit(r)
     got = [collect(r, timeout=300)[0].token_ids for r in reqs]
     assert got == [_alone(engine, r.adapter_key, r.input_ids, 10) for r in reqs]  # mixed batch == alone
-    assert len({tuple(g) for g in got}) == 3  # each adapter changes the int8 model's answer
+    assert len({tuple(g) for g in got}) == 3  # each adapter changes the quantized model's answer
