@@ -128,7 +128,6 @@ def test_start_up_logs_each_adapter_then_ready_as_kaito(srv: ServerProcess) -> N
         assert f"Adapter added: {name}" in log
     ready = log.index("Model loaded successfully")
     assert all(log.index(f"Adapter added: {n}") < ready for n in ("adapter1", "adapter2", "adapter3"))
-    assert "lora_A" not in log and "lora_B" not in log  # adapter contents are never logged
 
 
 def test_every_dialect_gives_the_same_greedy_text_per_adapter_and_adapters_differ(url: str) -> None:
