@@ -123,6 +123,16 @@ def run_many(engine: Engine, requests: list[GenerationRequest]) -> list[list[Seq
             _account(r, sum(len(x.token_ids) for x in out[i]) if i < len(out) else 0)
 
 
+def score(engine: Engine, input_ids: list[int], start: int, top_n: int,
+          adapter: AdapterRef | None) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+    """Logprobs of given tokens under the request's adapter (prompt scoring, logprobs the engine
+    did not deliver); an adapter refused meanwhile (unloaded) is the dialect's 4xx."""
+    try:
+        return engine.score(input_ids, start, top_n, adapter)
+    except AdapterError as exc:
+        raise adapters.api_error(exc) from None
+
+
 def ensure_logprobs(engine: Engine, request: GenerationRequest, result: SequenceResult) -> None:
     """Fill a finished sequence's logprobs by scoring it, where the engine did not deliver them."""
     params = request.params
@@ -131,8 +141,8 @@ def ensure_logprobs(engine: Engine, request: GenerationRequest, result: Sequence
     have_top = not params.top_logprobs or len(result.top_logprobs) >= len(result.token_ids)
     if len(result.logprobs) >= len(result.token_ids) and have_top:
         return
-    lps, tops = engine.score(request.input_ids + result.token_ids, request.prompt_tokens,
-                             params.top_logprobs)
+    lps, tops = score(engine, request.input_ids + result.token_ids, request.prompt_tokens,
+                      params.top_logprobs, request.adapter)
     result.logprobs, result.top_logprobs = lps, tops or []
 
 

@@ -311,7 +311,7 @@ def completions() -> Response:
             ids, lps = seq.token_ids[:k], list(seq.logprobs[:k])
             tops: list[Any] = list(seq.top_logprobs[:k])
             if echo:
-                plps, ptops = engine.score(r.input_ids, 1, body.logprobs)
+                plps, ptops = engine_calls.score(engine, r.input_ids, 1, body.logprobs, r.adapter)
                 ids = r.input_ids + ids
                 lps = [None, *plps, *lps]
                 tops = [None, *(ptops or [[] for _ in plps]), *tops]

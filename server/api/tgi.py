@@ -218,7 +218,7 @@ def _prefill(engine: Engine, tr: _Translation) -> list[dict[str, Any]]:
     if not tr.p.decoder_input_details:
         return []
     ids = tr.input_ids
-    lps, _ = engine.score(ids, 1, 0)
+    lps, _ = engine_calls.score(engine, ids, 1, 0, tr.adapter)
     texts = [engine.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
     return [{"id": t, "text": texts[k], "logprob": None if k == 0 else lps[k - 1]} for k, t in enumerate(ids)]
 
@@ -279,7 +279,8 @@ def _stream(engine: Engine, tr: _Translation) -> Response:
                     if len(lps) < len(ids) and score_missing:
                         # Stopgap for engines that deliver logprobs only after the last token: one
                         # forward pass per token, so only when the client asked for details.
-                        got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps), tr.top_n)
+                        got, top = engine_calls.score(engine, req.input_ids + ids,
+                                                      req.prompt_tokens + len(lps), tr.top_n, req.adapter)
                         lps.extend(got)
                         tops.extend(top or [[] for _ in got])
                     logprob = lps[len(ids) - 1] if len(lps) >= len(ids) else None
