@@ -341,5 +341,12 @@ def test_metrics_count_loaded_adapters(url: str) -> None:
     text = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
     if "inferbox_loaded_adapters" not in text:
         pytest.fail("no inferbox_loaded_adapters gauge on /metrics")
-    assert 'adapter="adapter1"' in text  # the request counters carry the adapter label
+    for series in ('inferbox_requests_total{endpoint="/generate",status="200",adapter="adapter1"}',
+                   'inferbox_requests_total{endpoint="/chat",status="200",adapter="combined"}',
+                   'inferbox_requests_total{endpoint="/generate",status="404",adapter=""}',
+                   'inferbox_generated_tokens_total{adapter="adapter2"}',
+                   'inferbox_prompt_tokens_total{adapter="base"}',
+                   'inferbox_generated_tokens_total{adapter="merged"}'):
+        assert series in text, series
+    assert "no-such-adapter" not in text  # names clients made up never become labels
 
