@@ -168,6 +168,25 @@ def test_openai_models_lists_base_and_adapters_with_parent(url: str) -> None:
     assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
 
 
+def test_openai_responses_and_n_choices_use_the_adapter(url: str) -> None:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=300, max_retries=0)
+    question = [{"role": "user", "content": "Name a colour."}]
+    chat = client.chat.completions.create(model="adapter3", messages=question, max_tokens=N_TOKENS,
+                                          temperature=0, n=2)
+    assert chat.model == "adapter3" and chat.choices[0].message.content == chat.choices[1].message.content
+    base = client.chat.completions.create(model="base", messages=question, max_tokens=N_TOKENS, temperature=0)
+    assert base.choices[0].message.content != chat.choices[0].message.content
+    reply = client.responses.create(model="adapter3", input="Name a colour.", max_output_tokens=N_TOKENS,
+                                    temperature=0)
+    assert reply.model == "adapter3" and reply.output_text == chat.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-adapter", input="Hi", max_output_tokens=2)
+    body = {"prompt": PROMPT, "adapter": None, "return_full_text": False,  # explicit null: DEFAULT_ADAPTER
+            "generate_kwargs": {"max_new_tokens": N_TOKENS, "do_sample": False}}
+    null = requests.post(url + "/chat", json=body, timeout=300)
+    assert null.json()["Result"] == kaito(url, "combined").json()["Result"]  # null = DEFAULT_ADAPTER
+
+
 def test_lorax_client_adapter_id_and_merged_adapters(url: str, tmp_path: Path) -> None:
     out = run_client("lorax_adapters", url, tmp_path, "adapter1", "adapter2")
     assert out["first"]["generated_text"] == text_of("tgi", url, "adapter1")
