@@ -187,8 +187,12 @@ def test_openai_responses_and_n_choices_use_the_adapter(url: str) -> None:
     assert null.json()["Result"] == kaito(url, "combined").json()["Result"]  # null = DEFAULT_ADAPTER
 
 
-def test_lorax_client_adapter_id_and_merged_adapters(url: str, tmp_path: Path) -> None:
+def test_lorax_client_and_mcli_on_adapters(url: str, tmp_path: Path) -> None:
     out = run_client("lorax_adapters", url, tmp_path, "adapter1", "adapter2")
+    assert out["mcli"]["outputs"] == [text_of("mosaic", url, "adapter1")] == [out["first"]["generated_text"]]
+    assert "".join(c["outputs"][0] for c in out["mcli_stream"]) == out["first"]["generated_text"]
+    unknown = out["mcli_unknown"]
+    assert unknown["type"] == "InferenceServerException" and "404" in unknown["message"]
     assert out["first"]["generated_text"] == text_of("tgi", url, "adapter1")
     assert out["second"] == text_of("tgi", url, "adapter2") and out["base"] == text_of("tgi", url, "base")
     assert "".join(e["token"]["text"] for e in out["stream"]) == out["first"]["generated_text"]

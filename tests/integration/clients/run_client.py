@@ -66,8 +66,9 @@ def lorax(url: str) -> dict[str, Any]:
 
 
 def lorax_adapters(url: str, first: str, second: str) -> dict[str, Any]:
-    """LoRAX's adapter fields through lorax-client, on a server whose ADAPTERS_DIR holds `first`
-    and `second` (tests/integration/test_adapters_api.py)."""
+    """LoRAX's adapter fields through lorax-client, and MosaicML's `parameters.adapter` through
+    mosaicml-cli, on a server whose ADAPTERS_DIR holds `first` and `second`
+    (tests/integration/test_adapters_api.py)."""
     from lorax import Client
     from lorax.types import MergedAdapters
 
@@ -85,6 +86,14 @@ def lorax_adapters(url: str, first: str, second: str) -> dict[str, Any]:
     out["ties"] = c.generate(PROMPT, max_new_tokens=8, merged_adapters=ties).generated_text
     out["unknown"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id="no-such-adapter"))
     out["s3"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id=first, adapter_source="s3"))
+    # MosaicML's client on the same server: parameters.adapter
+    from mcli import predict
+
+    body = {"inputs": [PROMPT], "parameters": {"adapter": first, "max_new_tokens": 8, "temperature": 0}}
+    out["mcli"] = predict(url, body, timeout=TIMEOUT)
+    out["mcli_stream"] = list(predict(url, body, timeout=TIMEOUT, stream=True))
+    out["mcli_unknown"] = _err(lambda: predict(url, {"inputs": [PROMPT], "parameters": {
+        "adapter": "no-such-adapter"}}, timeout=TIMEOUT))
     return out
 
 
