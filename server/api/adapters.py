@@ -49,16 +49,6 @@ def for_model(engine: Any, model: str | None, served_name: str) -> AdapterRef | 
     return AdapterRef(name=model)
 
 
-def label(engine: Any, ref: AdapterRef | None) -> str:
-    """The metrics label of a resolved request's adapter: its name, the default's name, or
-    `merged` for a LoRAX merge (one label for every recipe)."""
-    if ref is not None and ref.merge is not None:
-        return "merged"
-    if ref is not None and ref.name:
-        return ref.name
-    return str(getattr(getattr(engine, "adapters", None), "default_name", BASE))
-
-
 def lorax(adapter_id: str | None, source: str | None, merged: Any,
           api_token: str | None) -> AdapterRef | None:
     """LoRAX's fields (already checked by tgi_protocol). `adapter_source` defaults to `local` here

@@ -93,9 +93,6 @@ def submit(engine: Engine, request: GenerationRequest) -> None:
         raise ApiError(503, str(exc), kind="unavailable", headers={"Retry-After": "5"}) from None
     except AdapterError as exc:  # the engine resolves the request's adapter as it takes it
         raise adapters.api_error(exc) from None
-    usage = access_log.usage()
-    if usage is not None:  # only once resolved: a label never carries a name a client made up
-        usage.adapter = adapters.label(engine, request.adapter)
 
 
 def _wait_limit(engine: Engine) -> float:

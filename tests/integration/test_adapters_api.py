@@ -367,7 +367,7 @@ def test_metrics_count_loaded_adapters(url: str) -> None:
     # prometheus_client writes labels sorted by name
     for series in ('inferbox_requests_total{adapter="adapter1",endpoint="/generate",status="200"}',
                    'inferbox_requests_total{adapter="combined",endpoint="/chat",status="200"}',
-                   'inferbox_requests_total{adapter="",endpoint="/generate",status="404"}',
+                   'inferbox_requests_total{adapter="-",endpoint="/generate",status="404"}',
                    'inferbox_generated_tokens_total{adapter="adapter2"}',
                    'inferbox_prompt_tokens_total{adapter="base"}',
                    'inferbox_generated_tokens_total{adapter="merged"}'):
