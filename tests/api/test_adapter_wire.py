@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from server.adapters import AdapterError, AdapterInfo, AdapterRef, MergeRecipe
 
+from server.adapters import AdapterError, AdapterInfo, AdapterRef, MergeRecipe
 from server.api import adapters
 from server.api.tgi_protocol import GenerateRequest
 
