@@ -105,3 +105,17 @@ def place_adapters(model: Any, gpus: list[Any], layer_gpu: dict[int, int], count
                             f"{g.index} would hold {_gib(g.weights)} of weights and adapters beside a "
                             f"{_gib(g.reserve)} reserve on {_gib(g.capacity)}")
     return lora
+
+
+def add_arguments(parser: Any) -> None:
+    """`python -m server.plan`'s adapter options."""
+    parser.add_argument("--adapters", type=int, default=0, help="LoRA adapters loaded at once")
+    parser.add_argument("--adapter-rank", type=int, default=8, help="their rank r (default 8)")
+    parser.add_argument("--adapter-targets", help="modules they target, comma-separated "
+                        "(default: peft's for the model type; all-linear: every decoder linear)")
+
+
+def from_arguments(args: Any) -> dict[str, Any]:
+    """The `plan()` keywords for those options."""
+    targets = args.adapter_targets.split(",") if args.adapter_targets else None
+    return {"adapters": args.adapters, "adapter_rank": args.adapter_rank, "adapter_targets": targets}

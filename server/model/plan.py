@@ -287,9 +287,7 @@ def plan(
     reserve: str = "1GiB",
     min_tokens: int | None = None,
     quantization: str | None = None,
-    adapters: int = 0,
-    adapter_rank: int = 8,
-    adapter_targets: list[str] | None = None,
+    adapters: int = 0, adapter_rank: int = 8, adapter_targets: list[str] | None = None,  # LoRA memory
 ) -> Plan:
     """Plan `preset` on `gpus`; raise PlanError with an operator-readable reason when it cannot run."""
     from transformers.integrations.accelerate import compute_module_sizes
@@ -382,19 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reserve", default="1GiB", help="per GPU, kept for CUDA context and activations")
     parser.add_argument("--min-tokens", type=int, default=None,
                         help="fail unless this many KV-cache tokens fit (default: min(context, 2048))")
-    parser.add_argument("--adapters", type=int, default=0, help="LoRA adapters loaded at once")
-    parser.add_argument("--adapter-rank", type=int, default=8, help="their rank r (default 8)")
-    parser.add_argument("--adapter-targets", help="modules they target, comma-separated "
-                        "(default: peft's for the model type; all-linear: every decoder linear)")
+    from server.model.adapter_plan import add_arguments, from_arguments
+
+    add_arguments(parser)
     parser.add_argument("--show-device-map", action="store_true")
     args = parser.parse_args(argv)
     try:
         preset = load_preset(args.preset)
         gpus = args.gpus or f"{preset.resources.gpus}x{preset.resources.gpu_memory}"
         result = plan(preset, gpus, dtype=args.dtype, reserve=args.reserve, min_tokens=args.min_tokens,
-                      quantization=args.quantization, adapters=args.adapters,
-                      adapter_rank=args.adapter_rank,
-                      adapter_targets=args.adapter_targets.split(",") if args.adapter_targets else None)
+                      quantization=args.quantization, **from_arguments(args))
     except (PlanError, PresetError) as exc:
         print(f"plan failed: {exc}", file=sys.stderr)
         return 2
