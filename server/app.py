@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
 
     from server import ui
     from server.api import (
+        admin,
         embeddings,
         handler_predict,
         kaito,
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
     # MosaicML's /predict is text generation on the chat engine, the handler's predict otherwise
     predict = mosaic.bp if settings.model_kind == "chat" else handler_predict.bp
     # embeddings: /v1/embeddings rides on the OpenAI blueprint; /embed is TEI's own
-    for bp in (openai.bp, responses.bp, tokenize.bp, tgi.bp, predict, openapi.bp, ui.bp, embeddings.tei_bp):
+    for bp in (openai.bp, admin.bp, responses.bp, tokenize.bp, tgi.bp, predict, openapi.bp, ui.bp,
+               embeddings.tei_bp):
         app.register_blueprint(bp)
     access_log.install(app)
     _install_error_handlers(app)

@@ -2,7 +2,8 @@
 # `make image-test`: build the real Dockerfile without a container engine and check that the image
 # serves /chat. Installs buildah and debootstrap itself; builds FROM a Debian base made with
 # debootstrap (cached in /var/cache/inferbox); runs the image with `buildah run`; asks the
-# capital-of-France question and expects "Paris". Then builds the embedding preset
+# capital-of-France question and expects "Paris"; mounts one real LoRA adapter at Kaito's
+# /mnt/adapter, sees `Adapter added` and gets an answer from it. Then builds the embedding preset
 # (PRESET=all-minilm-l6-v2: the same cached dependencies layer, only the weights differ) and expects
 # a 384-number vector from /embed. Every container and process it starts is removed.
 set -euo pipefail
@@ -43,6 +44,7 @@ workdir=$(mktemp -d)
 ctr=""
 embed_ctr=""
 runner=""
+run_args=()  # more `buildah run` options for the next serve (a mounted adapter)
 stop_server() {
     if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
         kill -TERM -- "-$runner" 2>/dev/null || true
@@ -81,7 +83,7 @@ serve() {
     local label=$1 command=$2 container=${3:-$ctr}
     log "$label: starting '$command' as $user on port $port"
     setsid buildah run --isolation chroot --network host --user "$user" --env "PORT=$port" \
-        --env HOST=127.0.0.1 "$container" -- sh -c "exec $command" >"$workdir/server.log" 2>&1 &
+        --env HOST=127.0.0.1 "${run_args[@]}" "$container" -- sh -c "exec $command" >"$workdir/server.log" 2>&1 &
     runner=$!
     local deadline=$(( $(date +%s) + HEALTH_TIMEOUT ))
     until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
@@ -126,6 +128,32 @@ serve_and_ask "kaito workspace" "$kaito"
 stop_server
 buildah run --isolation chroot --user "$user" "$ctr" -- test -r /workspace/tfs/weights/config.json
 log "weights readable at Kaito's /workspace/tfs/weights"
+
+# 2b. A LoRA adapter mounted as Kaito mounts it (/mnt/adapter/<name>/): built here with peft on the
+# embedded model (tests/adapters.py), read-only in the container, its Kaito strength as a variable.
+"$py" -c "import sys; from tests.adapters import make_adapter
+make_adapter(sys.argv[1], sys.argv[2], rank=4, seed=7)" models/smollm2-135m-instruct "$workdir/adapters/imglora"
+chmod -R a+rX "$workdir/adapters"
+run_args=(--volume "$workdir/adapters:/mnt/adapter:ro" --env imglora=1.0)
+serve "adapter" "$entrypoint"
+run_args=()
+for line in "Adapter added: imglora" "Model loaded successfully"; do
+    grep -q "$line" "$workdir/server.log" || { log "FAILED: no '$line' in the log"; tail -40 "$workdir/server.log"; exit 1; }
+done
+ask() {  # ask ADAPTER: the greedy /chat answer on that adapter
+    curl -fsS -X POST "http://127.0.0.1:$port/chat" -H 'Content-Type: application/json' \
+        -d "{\"prompt\":\"The capital of France is\",\"return_full_text\":false,\"adapter\":\"$1\",\"generate_kwargs\":{\"max_new_tokens\":12,\"do_sample\":false}}"
+}
+with_adapter=$(ask imglora)
+without=$(ask base)
+log "adapter: answer with imglora: $with_adapter; base: $without"
+if [ "$with_adapter" = "$without" ] || ! grep -q '"Result"' <<<"$with_adapter"; then
+    log "FAILED: the mounted adapter did not answer (or answered as the base model)"
+    exit 1
+fi
+curl -fsS "http://127.0.0.1:$port/v1/models" | grep -q '"imglora"' || { log "FAILED: /v1/models lacks imglora"; exit 1; }
+stop_server
+log "adapter: Adapter added, Model loaded successfully, an answer of its own, listed in /v1/models"
 
 # 3. The embedding preset: same dependencies layer, its own weights; /embed answers one vector.
 build "$EMBED_TAG" --build-arg PRESET=all-minilm-l6-v2

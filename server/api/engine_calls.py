@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from server.adapters import AdapterError, AdapterRef
+from server.api import adapters
 from server.api.errors import ApiError
 from server.engine.detokenize import IncrementalDetokenizer
 from server.engine.engine import Engine
@@ -58,14 +60,14 @@ def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
         raise ApiError(400, str(exc)) from None
 
 
-def new_request(engine: Engine, input_ids: list[int], params: GenerationParams) -> GenerationRequest:
-    import time
-
+def new_request(engine: Engine, input_ids: list[int], params: GenerationParams,
+                adapter: AdapterRef | None = None) -> GenerationRequest:
+    """`adapter`: what the client named (server/api/adapters.py); None = DEFAULT_ADAPTER."""
     deadline = time.monotonic() + engine.settings.request_timeout_s
     usage = access_log.usage()
     if usage is not None:
         usage.prompt_tokens += len(input_ids)
-    return GenerationRequest(input_ids=input_ids, params=params, deadline=deadline)
+    return GenerationRequest(input_ids=input_ids, params=params, adapter=adapter, deadline=deadline)
 
 
 def _account(request: GenerationRequest, completion_tokens: int) -> None:
@@ -89,6 +91,8 @@ def submit(engine: Engine, request: GenerationRequest) -> None:
                        headers={"Retry-After": "1"}) from None
     except EngineUnavailable as exc:
         raise ApiError(503, str(exc), kind="unavailable", headers={"Retry-After": "5"}) from None
+    except AdapterError as exc:  # the engine resolves the request's adapter as it takes it
+        raise adapters.api_error(exc) from None
 
 
 def _wait_limit(engine: Engine) -> float:
@@ -119,6 +123,16 @@ def run_many(engine: Engine, requests: list[GenerationRequest]) -> list[list[Seq
             _account(r, sum(len(x.token_ids) for x in out[i]) if i < len(out) else 0)
 
 
+def score(engine: Engine, input_ids: list[int], start: int, top_n: int,
+          adapter: AdapterRef | None) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+    """Logprobs of given tokens under the request's adapter (prompt scoring, logprobs the engine
+    did not deliver); an adapter refused meanwhile (unloaded) is the dialect's 4xx."""
+    try:
+        return engine.score(input_ids, start, top_n, adapter)
+    except AdapterError as exc:
+        raise adapters.api_error(exc) from None
+
+
 def ensure_logprobs(engine: Engine, request: GenerationRequest, result: SequenceResult) -> None:
     """Fill a finished sequence's logprobs by scoring it, where the engine did not deliver them."""
     params = request.params
@@ -127,8 +141,8 @@ def ensure_logprobs(engine: Engine, request: GenerationRequest, result: Sequence
     have_top = not params.top_logprobs or len(result.top_logprobs) >= len(result.token_ids)
     if len(result.logprobs) >= len(result.token_ids) and have_top:
         return
-    lps, tops = engine.score(request.input_ids + result.token_ids, request.prompt_tokens,
-                             params.top_logprobs)
+    lps, tops = score(engine, request.input_ids + result.token_ids, request.prompt_tokens,
+                      params.top_logprobs, request.adapter)
     result.logprobs, result.top_logprobs = lps, tops or []
 
 

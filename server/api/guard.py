@@ -70,7 +70,8 @@ class Guard:
 
             open_paths.update(ASSETS)
         self.open_paths = frozenset(open_paths)
-        self.keys = settings.api_keys
+        # an admin key (ADMIN_API_KEYS, for the adapter admin endpoints) is an API key too
+        self.keys = settings.api_keys + settings.admin_api_keys if settings.api_keys else ()
         if not self.keys:
             log.warning("no API keys configured (API_KEYS / API_KEYS_FILE): every endpoint is open")
         app.before_request(self._check)  # before the limiter's hook: 401 before counting

@@ -2,7 +2,8 @@
 
 `/chat` takes `prompt` (text generation on the raw prompt) or `messages` (the chat template; the
 answer is the assistant's reply only) and any `GenerationConfig` field in `generate_kwargs`, with
-Kaito's defaults where the client gives none.
+Kaito's defaults where the client gives none. A top-level `adapter` (an inferbox extension)
+names the LoRA adapter; without it the server's DEFAULT_ADAPTER answers, as under Kaito.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from flask import Response, jsonify, request
 
 from server import ui
-from server.api import engine_calls
+from server.api import adapters, engine_calls
 from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.api.kaito_protocol import KAITO_DEFAULTS, ChatRequest
@@ -98,7 +99,7 @@ def chat() -> Response:
         if keep > 0:
             input_ids = input_ids[-keep:]
     params = dialect.params(engine, kwargs, len(input_ids))
-    req = engine_calls.new_request(engine, input_ids, params)
+    req = engine_calls.new_request(engine, input_ids, params, adapters.named(body.adapter))
     prefix_text = "" if chat_mode or not body.return_full_text else (body.prompt or "")
     cleanup = body.clean_up_tokenization_spaces
 

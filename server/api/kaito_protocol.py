@@ -42,3 +42,5 @@ class ChatRequest(BaseModel):
     handle_long_generation: Literal["hole"] | None = None
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
     stream: StrictBool = False
+    adapter: str | None = Field(None, description="inferbox extension: the LoRA adapter to use (a name, "
+                                "`base` or `combined`); absent = DEFAULT_ADAPTER.")

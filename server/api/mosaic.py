@@ -7,6 +7,7 @@ awaited, so the engine batches them. `parameters` take MosaicML's defaults (temp
 reads): one `{"outputs": ["<new text>"]}` object per chunk. Errors: `{"error": "<message>",
 "code": <status>}` with a 4xx/5xx status (mid-stream: one such line, then the stream ends).
 `Authorization: <key>` (without `Bearer`) is read by the key check once keys exist.
+`parameters.adapter` names the LoRA adapter (absent: DEFAULT_ADAPTER).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from server.api import engine_calls
+from server.api import adapters, engine_calls
 from server.api.dialect import Dialect, bad_request, current_engine
 from server.api.errors import ApiError
 from server.api.mosaic_protocol import MOSAIC_DEFAULTS, PredictRequest, PredictStreamRequest, error_body
@@ -32,13 +33,17 @@ def _prepare(model: type[PredictRequest]) -> tuple[Engine, list[Any], PredictReq
     engine = current_engine()
     body = dialect.read(model)
     engine_calls.require_ready(engine)
+    options = dict(body.parameters)
+    adapter = options.pop("adapter", None)  # not a `generate` option: the LoRA adapter to use
+    if adapter is not None and not isinstance(adapter, str):
+        raise ApiError(400, "parameters.adapter: must be a string (an adapter name)")
     reqs = []
     for k, text in enumerate(body.inputs):
         ids = engine.encode(text)
         if not ids:
             raise ApiError(400, f"inputs.{k}: empty after tokenization")
-        params = dialect.params(engine, body.parameters, len(ids))
-        reqs.append(engine_calls.new_request(engine, ids, params))
+        params = dialect.params(engine, options, len(ids))
+        reqs.append(engine_calls.new_request(engine, ids, params, adapters.named(adapter)))
     return engine, reqs, body
 
 

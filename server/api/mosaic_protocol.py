@@ -21,7 +21,8 @@ class PredictRequest(BaseModel):
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Any `generate` option; defaults temperature 0.8 (0 = greedy), top_p 0.95, top_k 50, "
-                    "max_new_tokens 256. `stop` (str or list) cuts the output at a stop string.")
+                    "max_new_tokens 256. `stop` (str or list) cuts the output at a stop string; `adapter` "
+                    "names the LoRA adapter (absent: DEFAULT_ADAPTER).")
 
 
 class PredictStreamRequest(PredictRequest):

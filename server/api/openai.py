@@ -9,7 +9,9 @@ Mappings (README "API dialects" has the table):
   generation config; temperature 0 or top_p 0 decode greedily.
 - `presence_penalty`/`frequency_penalty` other than 0, `logit_bias`, tools, non-text content and
   `suffix` are rejected with a 400 naming the field: transformers has no exact equivalent.
-- Any `model` value is accepted (clients often hard-code one); answers name the served model.
+- `model` names a LoRA adapter (server/api/adapters.py): the served name or "base" is the base
+  model, an adapter's name that adapter (404 `model_not_found` when there is none); a server with
+  no adapter accepts any `model` (clients often hard-code one). Answers name what served them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import time
 import uuid
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from pydantic import ValidationError
 
-from server.api import engine_calls
+from server.api import adapters, engine_calls
 from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.api.openai_logprobs import chat_logprobs, keep_best, legacy_logprobs, visible_tokens
@@ -35,6 +37,7 @@ from server.observability import metrics
 OPENAI_DEFAULTS: dict[str, Any] = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _CREATED = int(time.time())
+ADMIN_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")  # server/api/admin.py
 
 
 def _served_name() -> str:
@@ -48,7 +51,12 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
 def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
     kind = _TYPES.get(exc.status, "server_error" if exc.status >= 500 else "invalid_request_error")
     code = exc.kind if exc.kind not in ("invalid_request_error", kind) else None
-    return exc.status, {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": code}}
+    param = exc.param
+    if exc.kind in adapters.ADAPTER_KINDS and request.path not in ADMIN_PATHS:
+        param = param or "model"  # `model` is how OpenAI clients name an adapter
+        if exc.kind == "unknown_adapter":
+            code = "model_not_found"  # what OpenAI and vLLM answer for an unknown model
+    return exc.status, {"error": {"message": exc.message, "type": kind, "param": param, "code": code}}
 
 
 def _invalid(exc: ValidationError) -> ApiError:
@@ -64,24 +72,33 @@ dialect = Dialect("openai", _error, invalid=_invalid, defaults=OPENAI_DEFAULTS, 
 bp = dialect.bp
 
 
-def _card(model_id: str) -> dict[str, Any]:
-    card = {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "inferbox"}
+def _card(model_id: str, parent: str | None = None) -> dict[str, Any]:
+    card: dict[str, Any] = {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "inferbox"}
     kind = getattr(current_engine(), "kind", "chat")
     if kind != "chat":  # an embedding model (or a custom handler) says so
         card["type"] = kind
+    else:
+        card["parent"] = parent  # as vLLM: an adapter's parent is the base model, the base's is null
     return card
+
+
+def _cards() -> list[dict[str, Any]]:
+    """The base model, then each loaded adapter (vLLM's /v1/models with LoRA modules)."""
+    name = _served_name()
+    return [_card(name)] + [_card(a.name, a.parent or name) for a in adapters.loaded(current_engine())]
 
 
 @bp.get("/models")
 def models() -> Response:
-    return jsonify({"object": "list", "data": [_card(_served_name())]})
+    return jsonify({"object": "list", "data": _cards()})
 
 
 @bp.get("/models/<path:model_id>")
 def model(model_id: str) -> Response:
-    if model_id != _served_name():
-        raise ApiError(404, f"The model `{model_id}` does not exist", param="model", kind="model_not_found")
-    return jsonify(_card(model_id))
+    for card in _cards():
+        if card["id"] == model_id:
+            return jsonify(card)
+    raise ApiError(404, f"The model `{model_id}` does not exist", param="model", kind="model_not_found")
 
 
 # ---------------------------------------------------------------- translation to engine requests
@@ -141,9 +158,11 @@ def _kwargs(body: Any, max_tokens: int | None) -> dict[str, Any]:
 
 
 def _requests(engine: Engine, prompts: list[list[int]], kw: dict[str, Any], count: int,
-              seed: int | None) -> list[GenerationRequest]:
-    """`count` requests per prompt (choice i of a prompt seeded with seed + i)."""
+              seed: int | None, model: str | None) -> list[GenerationRequest]:
+    """`count` requests per prompt (choice i of a prompt seeded with seed + i), on the adapter
+    `model` names."""
     limits = engine.limits
+    adapter = adapters.for_model(engine, model, _served_name())
     out = []
     for ids in prompts:
         if not ids:
@@ -155,8 +174,16 @@ def _requests(engine: Engine, prompts: list[list[int]], kw: dict[str, Any], coun
             if seed is not None:
                 kwargs["seed"] = (seed + i) % (2**63)
             params = dialect.params(engine, kwargs, len(ids))
-            out.append(engine_calls.new_request(engine, ids, params))
+            out.append(engine_calls.new_request(engine, ids, params, adapter))
     return out
+
+
+def answered_by(req: GenerationRequest) -> str:
+    """The `model` an answer names: the adapter the client chose by name, else the served model."""
+    ref = req.adapter
+    if ref is not None and ref.name and ref.name != adapters.BASE:
+        return ref.name
+    return _served_name()
 
 
 def _chat_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
@@ -187,9 +214,9 @@ def chat_completions() -> Response:
         kw["logprobs"] = True
         kw["top_logprobs"] = body.top_logprobs or 0
     n = body.n or 1
-    reqs = _requests(engine, [ids], kw, n, body.seed)
+    reqs = _requests(engine, [ids], kw, n, body.seed, body.model)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
-    name = _served_name()
+    name = answered_by(reqs[0])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream:
         chunk = Chunk(rid, "chat.completion.chunk", name, include_usage)
@@ -259,9 +286,9 @@ def completions() -> Response:
         kw["top_logprobs"] = body.logprobs
     elif best_of > n:
         kw["logprobs"] = True
-    reqs = _requests(engine, prompt_ids, kw, best_of, body.seed)
+    reqs = _requests(engine, prompt_ids, kw, best_of, body.seed, body.model)
     rid = f"cmpl-{uuid.uuid4().hex}"
-    name = _served_name()
+    name = answered_by(reqs[0])
     echo = bool(body.echo)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     prompt_tokens = sum(len(p) for p in prompt_ids)
@@ -284,7 +311,7 @@ def completions() -> Response:
             ids, lps = seq.token_ids[:k], list(seq.logprobs[:k])
             tops: list[Any] = list(seq.top_logprobs[:k])
             if echo:
-                plps, ptops = engine.score(r.input_ids, 1, body.logprobs)
+                plps, ptops = engine_calls.score(engine, r.input_ids, 1, body.logprobs, r.adapter)
                 ids = r.input_ids + ids
                 lps = [None, *plps, *lps]
                 tops = [None, *(ptops or [[] for _ in plps]), *tops]

@@ -35,7 +35,8 @@ class _Sampling(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: str | None = Field(None, description="Any name is accepted; the answer names the served model.")
+    model: str | None = Field(None, description="The served model (or `base`), or a LoRA adapter's name; "
+                              "with no adapter any name is accepted.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: float | None = Field(None, ge=0, le=1, description="0 = greedy.")
     n: StrictInt | None = Field(None, ge=1, le=MAX_N)
@@ -173,6 +174,7 @@ class Model(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    parent: str | None = None  # an adapter's base model (null for the base model itself)
 
 
 class ModelList(BaseModel):

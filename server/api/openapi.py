@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.api import (
+    admin,
     embeddings_protocol,
     kaito_protocol,
     mosaic_protocol,
@@ -42,6 +43,13 @@ def _generate_kwargs_schema() -> dict[str, Any]:
         "propertyNames": {"enum": sorted(engine_params.ALLOWED)},
         "properties": props,
     }
+
+
+def _with_adapter(schema: dict[str, Any]) -> dict[str, Any]:
+    """`generate` options plus `adapter` (a LoRA adapter's name; absent: DEFAULT_ADAPTER)."""
+    names = sorted({*schema["propertyNames"]["enum"], "adapter"})
+    props = {**schema["properties"], "adapter": {"type": "string", "description": "LoRA adapter name"}}
+    return {**schema, "propertyNames": {"enum": names}, "properties": props}
 
 
 def _json(description: str, ref: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -92,6 +100,7 @@ def document() -> dict[str, Any]:
         mosaic_protocol.PredictStreamRequest, responses_protocol.ResponsesRequest,
         tokenize_protocol.TokenizeRequest, tokenize_protocol.DetokenizeRequest,
         embeddings_protocol.EmbeddingRequest, embeddings_protocol.EmbedRequest,
+        admin.LoadLoraAdapterRequest, admin.UnloadLoraAdapterRequest,
     ]
     responses: list[type[BaseModel]] = [
         openai_protocol.ChatCompletion, openai_protocol.Completion, openai_protocol.ModelList,
@@ -120,6 +129,8 @@ def document() -> dict[str, Any]:
         name = keys[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
         desc = schemas[name]["properties"][field].get("description")
         schemas[name]["properties"][field] = {**gk, **({"description": desc} if desc else {})}
+        if field == "parameters":  # MosaicML's `parameters.adapter` names the LoRA adapter
+            schemas[name]["properties"][field] = _with_adapter(schemas[name]["properties"][field])
 
     kaito_name = keys[(kaito_protocol.ChatRequest, "validation")]["$ref"].rsplit("/", 1)[-1]
     schemas[kaito_name]["oneOf"] = [  # exactly one of a prompt string or a messages list
@@ -139,7 +150,7 @@ def document() -> dict[str, Any]:
         return {c: _json("error", schema) for c in codes}
 
     def post(summary: str, tag: str, body: dict[str, Any], ok: dict[str, Any], err: dict[str, Any],
-             codes: tuple[str, ...] = ("400", "413", "503")) -> dict[str, Any]:
+             codes: tuple[str, ...] = ("400", "404", "413", "503")) -> dict[str, Any]:
         return {"post": {"summary": summary, "tags": [tag],
                          "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                          "responses": {"200": ok, **errors(err, codes)}}}
@@ -155,7 +166,7 @@ def document() -> dict[str, Any]:
                           "application/json": {"schema": {"type": "object",
                                                           "properties": {"Result": {"type": "string"}}}},
                           "text/event-stream": {"schema": oa_event}}},
-                      kaito_err, ("400", "413", "415", "422", "503"))
+                      kaito_err, ("400", "404", "413", "415", "422", "503"))
     chat = post("OpenAI chat completion (SSE when stream=true)", "openai",
                 ref(openai_protocol.ChatCompletionRequest),
                 {"description": "completion or SSE chunks", "content": {
@@ -166,7 +177,7 @@ def document() -> dict[str, Any]:
                        {"description": "completion or SSE chunks", "content": {
                            "application/json": {"schema": out(openai_protocol.Completion)},
                            "text/event-stream": {"schema": oa_event}}}, oa_err)
-    tgi_codes = ("400", "413", "422", "424", "429", "503")
+    tgi_codes = ("400", "404", "413", "422", "424", "429", "503")  # 404: an unknown adapter
     generate = post("TGI generate", "tgi", ref(tgi_protocol.GenerateRequest),
                     _json("generated text", out(tgi_protocol.GenerateResponse)), tgi_err, tgi_codes)
     generate_stream = post("TGI generate, one SSE event per token", "tgi", ref(tgi_protocol.GenerateRequest),
@@ -197,6 +208,13 @@ def document() -> dict[str, Any]:
     detokenize_op = post("vLLM detokenize: token ids to text", "tokenizer", ref(tp.DetokenizeRequest),
                          _json("text", out(tp.DetokenizeResponse)), oa_err)
     text = {"schema": {"type": "string"}}
+    admin_codes = ("400", "401", "403", "404", "503")
+    admin_ok = {"description": "vLLM's `Success: LoRA adapter '<name>' ...` line",
+                "content": {"text/plain": text}}
+    load_lora = post("Load a LoRA adapter at run time (vLLM's shape; needs an ADMIN_API_KEYS key)",
+                     "adapters", ref(admin.LoadLoraAdapterRequest), admin_ok, oa_err, admin_codes)
+    unload_lora = post("Unload a LoRA adapter once its running requests end (needs an ADMIN_API_KEYS key)",
+                       "adapters", ref(admin.UnloadLoraAdapterRequest), admin_ok, oa_err, admin_codes)
     index = get("Kaito liveness (JSON); the chat page for browsers (Accept prefers text/html)", "kaito", {
         "description": "server is running, or the chat page",
         "content": {"application/json": {"schema": {"type": "object"}}, "text/html": text}})
@@ -218,7 +236,10 @@ def document() -> dict[str, Any]:
         "/chat": kaito_chat,
         "/v1/chat/completions": chat,
         "/v1/completions": completions,
-        "/v1/models": get("OpenAI model list (the served model)", "openai",
+        "/v1/load_lora_adapter": load_lora,
+        "/v1/unload_lora_adapter": unload_lora,
+        "/v1/models": get("OpenAI model list (the base model, then each loaded adapter with its parent)",
+                          "openai",
                           _json("models", out(openai_protocol.ModelList))),
         "/v1/models/{model_id}": {"get": {
             "summary": "One model", "tags": ["openai"],

@@ -23,7 +23,7 @@ from typing import Any
 from flask import Response, current_app, jsonify
 from pydantic import ValidationError
 
-from server.api import engine_calls, openai
+from server.api import adapters, engine_calls, openai
 from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.api.responses_protocol import (
@@ -119,7 +119,9 @@ def _request(engine: Engine, body: ResponsesRequest, ids: list[int]) -> Generati
         kw["max_new_tokens"] = body.max_output_tokens
     elif limits is not None:
         kw["max_new_tokens"] = max(1, limits.context_length - len(ids))
-    return engine_calls.new_request(engine, ids, dialect.params(engine, kw, len(ids)))
+    served = current_app.extensions["inferbox.settings"].served_model_name
+    adapter = adapters.for_model(engine, body.model, served)
+    return engine_calls.new_request(engine, ids, dialect.params(engine, kw, len(ids)), adapter)
 
 
 class _Reply:
@@ -178,7 +180,7 @@ def create_response() -> Response:
     messages = _messages(body)
     engine_calls.require_ready(engine)
     req = _request(engine, body, _input_ids(engine, messages))
-    reply = _Reply(body, current_app.extensions["inferbox.settings"].served_model_name)
+    reply = _Reply(body, openai.answered_by(req))
     if body.stream:
         return _stream(engine, req, reply)
 

@@ -74,7 +74,8 @@ class Reasoning(_Strict):
 
 
 class ResponsesRequest(_Strict):
-    model: str | None = Field(None, description="Any name is accepted; the answer names the served model.")
+    model: str | None = Field(None, description="The served model (or `base`), or a LoRA adapter's name; "
+                              "with no adapter any name is accepted.")
     input: Annotated[str, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1)] = Field(
         ..., description="A user message, or a list of messages (system, developer, user, assistant).")
     instructions: str | None = Field(None, description="A system message placed before `input`.")

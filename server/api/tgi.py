@@ -10,8 +10,11 @@ Mappings (README "API dialects" has the table):
 - `decoder_input_details` scores the prompt in one extra forward pass (server/engine/scoring.py).
 - `truncate` keeps the last N input tokens; `watermark` uses transformers' WatermarkingConfig with
   TGI's gamma 0.5 / delta 2.0; LoRAX `ignore_eos_token` sets min_new_tokens = max_new_tokens.
-- Rejected: non-zero `frequency_penalty`, `grammar`/`response_format` (422), adapters (400 until
-  they land).
+- LoRAX adapters: `adapter_id` (+ `adapter_source`, `api_token`) or `merged_adapters` become the
+  request's AdapterRef (server/api/adapters.py); a refused adapter keeps its status (404 unknown,
+  400 invalid / outside the allowed roots / unsupported source / bad merge), `error_type`
+  "validation".
+- Rejected: non-zero `frequency_penalty`, `grammar`/`response_format` (422).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from flask import Response, jsonify
 from pydantic import BaseModel
 
-from server.api import engine_calls
+from server.api import adapters, engine_calls
 from server.api.dialect import Dialect, current_engine
 from server.api.errors import ApiError
 from server.api.streaming import sse, sse_response
@@ -51,8 +54,10 @@ def _error_type(exc: ApiError) -> tuple[int, str]:
         return 503, "unavailable"
     if exc.status >= 500:
         return 424, "generation"
-    if exc.kind in ("adapters", "unsupported_model"):  # a request this server cannot serve at all
+    if exc.kind == "unsupported_model":  # a request this server cannot serve at all
         return 400, "validation"
+    if exc.kind in adapters.ADAPTER_KINDS:  # an adapter refused: its own status (404 unknown, 400 bad)
+        return exc.status, "validation"
     if exc.status == 400:
         return 422, "validation"
     return exc.status, "validation"
@@ -108,9 +113,13 @@ class _Translation:
 
     def __init__(self, engine: Engine, body: GenerateRequest) -> None:
         p = body.parameters or Parameters()
-        if p.adapter_id or p.merged_adapters is not None:
-            raise ApiError(400, "adapters are not supported yet (adapter_id / merged_adapters)",
-                           kind="adapters")
+        if p.adapter_id and p.merged_adapters is not None:
+            raise ApiError(422, "you must specify at most one of `adapter_id` or `merged_adapters`")
+        merged = p.merged_adapters
+        if merged is not None and len(merged.ids) != len(merged.weights):
+            raise ApiError(400, f"merged_adapters: {len(merged.ids)} ids but {len(merged.weights)} weights "
+                           "(one weight per adapter)", kind="bad_merge")
+        self.adapter = adapters.lorax(p.adapter_id, p.adapter_source, merged, p.api_token)
         if p.frequency_penalty:
             raise ApiError(422, "frequency_penalty is not supported (only 0); use repetition_penalty")
         if p.grammar is not None:
@@ -156,7 +165,7 @@ class _Translation:
                 seed = p.seed if p.seed is not None else random.getrandbits(63)
                 kw["seed"] = seed
             params = dialect.params(engine, kw, len(ids))
-            self.requests.append(engine_calls.new_request(engine, ids, params))
+            self.requests.append(engine_calls.new_request(engine, ids, params, self.adapter))
             self.seeds.append(seed)
 
 
@@ -209,7 +218,7 @@ def _prefill(engine: Engine, tr: _Translation) -> list[dict[str, Any]]:
     if not tr.p.decoder_input_details:
         return []
     ids = tr.input_ids
-    lps, _ = engine.score(ids, 1, 0)
+    lps, _ = engine_calls.score(engine, ids, 1, 0, tr.adapter)
     texts = [engine.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
     return [{"id": t, "text": texts[k], "logprob": None if k == 0 else lps[k - 1]} for k, t in enumerate(ids)]
 
@@ -270,7 +279,8 @@ def _stream(engine: Engine, tr: _Translation) -> Response:
                     if len(lps) < len(ids) and score_missing:
                         # Stopgap for engines that deliver logprobs only after the last token: one
                         # forward pass per token, so only when the client asked for details.
-                        got, top = engine.score(req.input_ids + ids, req.prompt_tokens + len(lps), tr.top_n)
+                        got, top = engine_calls.score(engine, req.input_ids + ids,
+                                                      req.prompt_tokens + len(lps), tr.top_n, req.adapter)
                         lps.extend(got)
                         tops.extend(top or [[] for _ in got])
                     logprob = lps[len(ids) - 1] if len(lps) >= len(ids) else None

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 MAX_BEST_OF = 8
 MAX_STOP_SEQUENCES = 16
 MAX_TOP_N_TOKENS = 5
+MAX_MERGED = 16  # adapters in one LoRAX merged_adapters recipe
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default when the client sends none
 # What /openapi.json advertises for fields whose only supported value is "off" (the handler rejects
 # the rest with a clearer message than a schema error).
@@ -24,6 +25,19 @@ NULL_ONLY = {"type": "null"}
 def _null_only(schema: dict[str, Any]) -> None:
     schema.pop("anyOf", None)
     schema.update(NULL_ONLY)
+
+
+class MergedAdapters(BaseModel):
+    """LoRAX's `merged_adapters`: a weighted merge of adapters for this request (cached per recipe)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    ids: list[Annotated[str, Field(min_length=1)]] = Field(..., min_length=1, max_length=MAX_MERGED)
+    weights: list[float] = Field(..., min_length=1, max_length=MAX_MERGED,
+                                 description="One per id (the same length as `ids`).")
+    merge_strategy: Literal["linear", "ties", "dare_linear", "dare_ties"] | None = "linear"
+    density: float = Field(1.0, ge=0, le=1, description="Share of each delta kept (ties, dare_*).")
+    majority_sign_method: Literal["total", "frequency"] | None = "total"
 
 
 class Parameters(BaseModel):
@@ -50,12 +64,13 @@ class Parameters(BaseModel):
     grammar: dict[str, Any] | None = Field(None, description="Not supported: must be null.",
                                            json_schema_extra=_null_only)
     # LoRAX
-    adapter_id: str | None = Field(None, description="Not supported yet: must be null or empty.",
-                                   json_schema_extra={"maxLength": 0})
-    adapter_source: str | None = None
-    merged_adapters: dict[str, Any] | None = Field(None, description="Not supported yet: must be null.",
-                                                   json_schema_extra=_null_only)
-    api_token: str | None = None
+    adapter_id: str | None = Field(None, description="A LoRA adapter: a name (a folder of ADAPTERS_DIR, "
+                                   "`base`, `combined`), a path under an allowed root (local) or a hub id "
+                                   "(hub). Absent or empty: DEFAULT_ADAPTER.")
+    adapter_source: str | None = Field(None, description="`local` (default here) or `hub` (the local "
+                                       "Hugging Face cache unless ADAPTER_ALLOW_REMOTE); others get 400.")
+    merged_adapters: MergedAdapters | None = Field(None, description="Excludes adapter_id.")
+    api_token: str | None = Field(None, description="A hub token for private adapters (hub only).")
     ignore_eos_token: StrictBool | None = False
     return_k_alternatives: StrictInt | None = Field(None, ge=0, le=MAX_TOP_N_TOKENS)
     response_format: dict[str, Any] | None = Field(None, description="Not supported: must be null.",

@@ -61,6 +61,7 @@ class Plan:
     context_length: int
     gpus: list[GpuPlan]
     device_map: dict[str, Any] = field(default_factory=dict)
+    adapters: Any = None  # adapter_plan.AdapterPlan when --adapters was given
 
     @property
     def kv_bytes_per_token_per_layer(self) -> int:
@@ -79,6 +80,7 @@ class Plan:
             f"preset {self.preset}: {self.model_type} ({self.config_class}), {self.parameters / 1e9:.2f}B "
             f"parameters, {self.dtype}{self._quantized}, weights {_gib(self.weight_bytes)} "
             f"({self.weight_bytes / 1e9:.1f} GB)",
+            *([self.adapters.render()] if self.adapters and self.adapters.count else []),
             f"{'gpu':>4} {'capacity':>11} {'weights':>11} {'layers':>6} {'reserve':>9} {'free for KV':>11}",
         ]
         for g in self.gpus:
@@ -285,6 +287,7 @@ def plan(
     reserve: str = "1GiB",
     min_tokens: int | None = None,
     quantization: str | None = None,
+    adapters: int = 0, adapter_rank: int = 8, adapter_targets: list[str] | None = None,  # LoRA memory
 ) -> Plan:
     """Plan `preset` on `gpus`; raise PlanError with an operator-readable reason when it cannot run."""
     from transformers.integrations.accelerate import compute_module_sizes
@@ -342,12 +345,15 @@ def plan(
                 layer_gpu.setdefault(i, device)
     for i in range(p.architecture.num_hidden_layers):
         per_gpu[layer_gpu.get(i, 0)].layers += 1
+    from server.model.adapter_plan import place_adapters
+
+    lora = place_adapters(model, per_gpu, layer_gpu, adapters, adapter_rank, adapter_targets)
     result = Plan(
         preset=p.name, model_type=p.architecture.model_type, config_class=type(model.config).__name__,
         dtype=dtype, quantization=quantization, parameters=sum(t.numel() for t in model.parameters()),
         weight_bytes=total,
         kv_bytes_per_token=kv_bytes_per_token(p.architecture, dtype, model),
-        context_length=p.context_length, gpus=per_gpu, device_map=dict(device_map),
+        context_length=p.context_length, gpus=per_gpu, device_map=dict(device_map), adapters=lora,
     )
     want = min_tokens if min_tokens is not None else min(p.context_length, 2048)
     if result.tokens_fit < want:
@@ -374,13 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reserve", default="1GiB", help="per GPU, kept for CUDA context and activations")
     parser.add_argument("--min-tokens", type=int, default=None,
                         help="fail unless this many KV-cache tokens fit (default: min(context, 2048))")
+    from server.model.adapter_plan import add_arguments, from_arguments
+
+    add_arguments(parser)
     parser.add_argument("--show-device-map", action="store_true")
     args = parser.parse_args(argv)
     try:
         preset = load_preset(args.preset)
         gpus = args.gpus or f"{preset.resources.gpus}x{preset.resources.gpu_memory}"
         result = plan(preset, gpus, dtype=args.dtype, reserve=args.reserve, min_tokens=args.min_tokens,
-                      quantization=args.quantization)
+                      quantization=args.quantization, **from_arguments(args))
     except (PlanError, PresetError) as exc:
         print(f"plan failed: {exc}", file=sys.stderr)
         return 2

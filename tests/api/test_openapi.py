@@ -168,12 +168,32 @@ def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> N
     assert _schema_accepts(mosaic_protocol.PredictRequest, {"inputs": ["x"], "parameters": kwargs}) is ok
 
 
+MERGE = {"ids": ["a", "b"], "weights": [0.5, 0.5], "merge_strategy": "ties", "density": 0.5,
+         "majority_sign_method": "total"}
+
+
+@pytest.mark.parametrize("model,body,ok", [
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"adapter_id": "a", "adapter_source": "hub",
+                                                                  "api_token": "t"}}, True),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"merged_adapters": MERGE}}, True),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"merged_adapters": {}}}, False),
+    (tgi_protocol.GenerateRequest, {"inputs": "x",
+                                    "parameters": {"merged_adapters": {**MERGE, "density": 2}}}, False),
+    (kaito_protocol.ChatRequest, {"prompt": "x", "adapter": "a"}, True),
+    (kaito_protocol.ChatRequest, {"prompt": "x", "adapter": 3}, False),
+    (mosaic_protocol.PredictRequest, {"inputs": ["x"], "parameters": {"adapter": "a", "max_new_tokens": 2}},
+     True),
+    (openai_protocol.CompletionRequest, {"prompt": "x", "model": "my-adapter"}, True),
+])
+def test_adapter_fields_are_in_the_schema(model: type[BaseModel], body: dict, ok: bool) -> None:
+    assert _model_accepts(model, body) is ok
+    assert _schema_accepts(model, body) is ok
+
+
 @pytest.mark.parametrize("model,body", [
     (openai_protocol.ChatCompletionRequest, {"messages": MSG, "frequency_penalty": 1}),
     (openai_protocol.ChatCompletionRequest, {"messages": MSG, "tools": [{"type": "function"}]}),
     (openai_protocol.ChatCompletionRequest, {"messages": MSG, "logit_bias": {"1": 2}}),
-    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"merged_adapters": {}}}),
-    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"adapter_id": "a"}}),
     (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}),
     (responses_protocol.ResponsesRequest, {"input": "x", "tools": [{"type": "function", "name": "f"}]}),
     (responses_protocol.ResponsesRequest, {"input": "x", "previous_response_id": "resp_1"}),

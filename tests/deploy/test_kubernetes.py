@@ -169,3 +169,50 @@ def test_workspace_template_is_a_valid_pod_template_running_our_image():
     assert container["resources"]["requests"]["nvidia.com/gpu"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 5000}
     assert (REPO / "inference_api.py").is_file()  # what tfs/inference_api.py is in the image
+
+
+# --- adapters ----------------------------------------------------------------------------------------
+
+WORKSPACE_ADAPTERS = DEPLOY / "kaito" / "workspace-adapters.yaml"
+ADAPTER_DEPLOYMENT = DEPLOY / "adapters" / "deployment.yaml"
+
+
+def test_workspace_with_adapters_validates_against_kaitos_crd():
+    workspace = docs(WORKSPACE_ADAPTERS)[0]
+    schema = workspace_schema()
+    jsonschema.validate(workspace, schema)
+    adapters = workspace["inference"]["adapters"]
+    assert len(adapters) >= 2
+    for a in adapters:
+        assert a["source"]["name"] and a["source"]["image"]
+        assert isinstance(a["strength"], str) and 0 <= float(a["strength"]) <= 1  # the CRD's string type
+    template = workspace["inference"]["template"]
+    k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template})
+    broken = yaml.safe_load(yaml.safe_dump(workspace))
+    broken["inference"]["adapters"][0]["strength"] = 0.5  # a number where Kaito wants a string
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_adapter_deployment_mounts_a_volume_at_the_adapters_dir():
+    manifests = docs(ADAPTER_DEPLOYMENT)
+    for doc in manifests:
+        k8s_validate(doc)
+    (deployment,) = [d for d in manifests if d["kind"] == "Deployment"]
+    (claim,) = [d for d in manifests if d["kind"] == "PersistentVolumeClaim"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    adapters_dir = env["ADAPTERS_DIR"]["value"]
+    assert adapters_dir == "/mnt/adapter"  # Kaito's path, the server's default
+    mount = {m["mountPath"]: m for m in container["volumeMounts"]}[adapters_dir]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert env["ADMIN_API_KEYS"]["valueFrom"]["secretKeyRef"]["key"]  # never a literal key
+    # the settings it sets are ones the server reads
+    from server.config import ENV_VARS
+
+    for name in ("ADAPTERS_DIR", "DEFAULT_ADAPTER", "MAX_LOADED_ADAPTERS", "ADMIN_API_KEYS"):
+        if name not in ENV_VARS:
+            pytest.fail(f"{name} is not a setting the server reads (server/config.py)")

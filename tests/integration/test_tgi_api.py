@@ -141,8 +141,11 @@ def test_info(base_url: str) -> None:
     ({"frequency_penalty": 0.5}, 422, "frequency_penalty"),
     ({"grammar": {"type": "json", "value": {}}}, 422, "grammar"),
     ({"stop": [""]}, 422, "stop"),
-    ({"adapter_id": "org/adapter"}, 400, "adapters are not supported yet"),
-    ({"merged_adapters": {"ids": ["a"], "weights": [1.0]}}, 400, "adapters are not supported yet"),
+    # LoRAX adapters (this server has none; tests/integration/test_adapters_api.py serves some)
+    ({"adapter_id": "no-such-adapter"}, 404, "no-such-adapter"),
+    ({"adapter_id": "a", "adapter_source": "s3"}, 400, "s3"),
+    ({"merged_adapters": {"ids": ["a", "b"], "weights": [1.0]}}, 400, "weights"),
+    ({"adapter_id": "a", "merged_adapters": {"ids": ["a"], "weights": [1.0]}}, 422, "at most one"),
 ])
 def test_bad_parameters_get_tgi_errors(base_url: str, params: dict, status: int, needle: str) -> None:
     for path in ("/generate", "/generate_stream", "/"):

@@ -1,7 +1,8 @@
 """Drive a real client library against a running server; print one JSON object of what it saw.
 
 Runs in .venv-clients (text-generation, lorax-client and mosaicml-cli pin huggingface-hub<1.0, which
-the server's venv cannot hold): `python run_client.py <tgi|lorax|mcli|mcli_embed> <base_url>`. The pytest side
+the server's venv cannot hold):
+`python run_client.py <tgi|lorax|lorax_adapters|mcli|mcli_embed> <base_url> [args]`. The pytest side
 (tests/integration/test_real_clients.py) asserts on the output.
 """
 
@@ -60,7 +61,39 @@ def lorax(url: str) -> dict[str, Any]:
     out["seed"] = [c.generate(PROMPT, max_new_tokens=8, do_sample=True, seed=7).generated_text
                    for _ in range(2)]
     out["ignore_eos"] = _dump(c.generate("Say hi.", max_new_tokens=6, ignore_eos_token=True))
-    out["adapter"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id="some/adapter"))
+    out["adapter"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id="no-such-adapter"))
+    return out
+
+
+def lorax_adapters(url: str, first: str, second: str) -> dict[str, Any]:
+    """LoRAX's adapter fields through lorax-client, and MosaicML's `parameters.adapter` through
+    mosaicml-cli, on a server whose ADAPTERS_DIR holds `first` and `second`
+    (tests/integration/test_adapters_api.py)."""
+    from lorax import Client
+    from lorax.types import MergedAdapters
+
+    c = Client(url, timeout=TIMEOUT)
+    out: dict[str, Any] = {}
+    out["base"] = c.generate(PROMPT, max_new_tokens=8, adapter_id="base").generated_text
+    out["first"] = _dump(c.generate(PROMPT, max_new_tokens=8, adapter_id=first, adapter_source="local"))
+    out["second"] = c.generate(PROMPT, max_new_tokens=8, adapter_id=second).generated_text
+    out["stream"] = [_dump(e) for e in c.generate_stream(PROMPT, max_new_tokens=8, adapter_id=first)]
+    merged = MergedAdapters(ids=[first, second], weights=[0.5, 0.5], merge_strategy="linear", density=1.0)
+    out["merged"] = c.generate(PROMPT, max_new_tokens=8, merged_adapters=merged).generated_text
+    out["merged_again"] = c.generate(PROMPT, max_new_tokens=8, merged_adapters=merged).generated_text
+    ties = MergedAdapters(ids=[first, second], weights=[0.7, 0.3], merge_strategy="ties", density=0.5,
+                          majority_sign_method="frequency")
+    out["ties"] = c.generate(PROMPT, max_new_tokens=8, merged_adapters=ties).generated_text
+    out["unknown"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id="no-such-adapter"))
+    out["s3"] = _err(lambda: c.generate(PROMPT, max_new_tokens=3, adapter_id=first, adapter_source="s3"))
+    # MosaicML's client on the same server: parameters.adapter
+    from mcli import predict
+
+    body = {"inputs": [PROMPT], "parameters": {"adapter": first, "max_new_tokens": 8, "temperature": 0}}
+    out["mcli"] = predict(url, body, timeout=TIMEOUT)
+    out["mcli_stream"] = list(predict(url, body, timeout=TIMEOUT, stream=True))
+    out["mcli_unknown"] = _err(lambda: predict(url, {"inputs": [PROMPT], "parameters": {
+        "adapter": "no-such-adapter"}}, timeout=TIMEOUT))
     return out
 
 
@@ -94,5 +127,7 @@ def mcli_embed(url: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    which, base = sys.argv[1], sys.argv[2]
-    print(json.dumps({"tgi": tgi, "lorax": lorax, "mcli": mcli, "mcli_embed": mcli_embed}[which](base)))
+    which, base, *args = sys.argv[1:]
+    modes = {"tgi": tgi, "lorax": lorax, "lorax_adapters": lorax_adapters, "mcli": mcli,
+             "mcli_embed": mcli_embed}
+    print(json.dumps(modes[which](base, *args)))
