@@ -5,7 +5,9 @@ r x (in + out) numbers per targeted linear layer. peft keeps adapter weights in 
 model is in float16/bfloat16 (`autocast_adapter_dtype`, its default), so they are counted at 4
 bytes each, wherever the layer they belong to is placed. Which modules an adapter targets depends
 on how it was trained; the default is peft's own default for the model type (q_proj and v_proj
-for Llama and Mistral), or every linear layer of the decoder where peft has none.
+for Llama and Mistral), or every linear layer of the decoder where peft has none. Each adapter is
+held twice: peft's own matrices, and the engine's copy of every LoRA layer's adapters stacked side
+by side for the mixed-adapter forward (server/adapters/runtime.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 ADAPTER_DTYPE_BYTES = 4  # peft's autocast_adapter_dtype keeps LoRA weights in float32
 ALL_LINEAR = "all-linear"
+RESIDENT_COPIES = 2  # peft's matrices and the engine's stacked copy
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,14 @@ class AdapterPlan:
 
     @property
     def total_bytes(self) -> int:
-        return self.count * self.bytes_each
+        return RESIDENT_COPIES * self.count * self.bytes_each
 
     def render(self) -> str:
         mib = 2**20
         return (f"adapters: {self.count} x LoRA rank {self.rank} on {','.join(self.targets)} "
-                f"({self.modules} modules): {self.bytes_each / mib:.2f} MiB each, "
-                f"{self.total_bytes / mib:.2f} MiB in all (float32, counted in each GPU's weights below)")
+                f"({self.modules} modules): {self.bytes_each / mib:.2f} MiB each, held twice (peft's and "
+                f"the stacked copy): {self.total_bytes / mib:.2f} MiB in all (float32, counted in each "
+                f"GPU's weights below)")
 
 
 def default_targets(model_type: str) -> tuple[str, ...]:
@@ -98,7 +102,7 @@ def place_adapters(model: Any, gpus: list[Any], layer_gpu: dict[int, int], count
     except ValueError as exc:
         raise PlanError(str(exc)) from None
     for i, size in lora.bytes_per_layer.items():
-        gpus[layer_gpu.get(i, 0)].weights += count * size
+        gpus[layer_gpu.get(i, 0)].weights += RESIDENT_COPIES * count * size
     for g in gpus:
         if g.weights + g.reserve > g.capacity:
             raise PlanError(f"{count} adapters of rank {rank} ({_gib(lora.total_bytes)}) do not fit: GPU "

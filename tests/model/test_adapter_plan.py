@@ -26,7 +26,7 @@ def test_bytes_equal_the_parameters_peft_adds():
         peft_model = get_peft_model(base, LoraConfig(r=rank, target_modules=peft_targets))
         added = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
         assert lora.bytes_each == added * 4, (rank, targets)
-        assert lora.total_bytes == 3 * added * 4
+        assert lora.total_bytes == 2 * 3 * added * 4  # peft's matrices and the engine's stacked copy
         assert sorted(lora.bytes_per_layer) == [0, 1, 2]
 
 
@@ -35,12 +35,12 @@ def test_llama_7b_rank_16_on_q_and_v_is_32_mib_each(capsys):
     with_adapters = plan("llama-2-7b-chat", "1x24GiB", adapters=4, adapter_rank=16)
     each = 16 * (4096 + 4096) * 2 * 32 * 4  # rank x (in + out) x {q, v} x 32 layers x float32
     assert with_adapters.adapters.bytes_each == each == 32 * 2**20
-    assert with_adapters.gpus[0].weights - base.gpus[0].weights == 4 * each
+    assert with_adapters.gpus[0].weights - base.gpus[0].weights == 2 * 4 * each
     assert with_adapters.tokens_fit < base.tokens_fit
     assert main(["--preset", "llama-2-7b-chat", "--gpus", "1x24GiB", "--adapters", "4",
                  "--adapter-rank", "16"]) == 0
-    assert "adapters: 4 x LoRA rank 16 on q_proj,v_proj (64 modules): 32.00 MiB each, 128.00 MiB" \
-        in capsys.readouterr().out
+    assert "adapters: 4 x LoRA rank 16 on q_proj,v_proj (64 modules): 32.00 MiB each, held twice " \
+        "(peft's and the stacked copy): 256.00 MiB in all" in capsys.readouterr().out
 
 
 def test_adapters_follow_their_layers_across_gpus():
@@ -48,7 +48,7 @@ def test_adapters_follow_their_layers_across_gpus():
     base = plan("llama-2-13b-chat", "2x24GiB")
     per_layer = result.adapters.bytes_per_layer[0]
     for g, b in zip(result.gpus, base.gpus, strict=True):
-        assert g.weights - b.weights == 2 * per_layer * g.layers
+        assert g.weights - b.weights == 2 * 2 * per_layer * g.layers  # 2 adapters, each held twice
 
 
 def test_too_many_adapters_and_bad_targets_fail_with_the_reason():
