@@ -154,7 +154,8 @@ def load(s: Settings) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
     skip = s.quantization_skip
     if s.quantization == "int8":
-        ungroupable = quantize.ungroupable_linears(path, trust_remote_code=s.trust_remote_code)
+        ungroupable = quantize.ungroupable_linears(
+            quantize.empty_model(path, trust_remote_code=s.trust_remote_code))
         if ungroupable:
             log.info("QUANTIZATION=int8: %d linear layers whose input size is not a multiple of %d "
                      "stay in full precision", len(ungroupable), quantize.INT8_GROUP)

@@ -236,10 +236,9 @@ def auto_device_map(model: Any, max_memory: dict[int, int], no_split: list[str],
                                  dtype=torch_dtype)
 
 
-def quantizer_for(quantization: str) -> Any:
-    """transformers' quantizer (what from_pretrained builds from the server's quantization config),
-    or None. Its environment check (no CPU offload) is left out: a plan that spills fails on its own
-    terms."""
+def quantizer_for(quantization: str, model: Any) -> Any:
+    """transformers' quantizer for the empty `model`, as from_pretrained builds it (int8: ungroupable
+    layers kept float, as the loader does), or None; without its no-CPU-offload check."""
     from server.model import quantize
 
     if quantization not in quantize.QUANTIZATIONS:
@@ -247,12 +246,13 @@ def quantizer_for(quantization: str) -> Any:
         raise PlanError(f"quantization must be one of {choices}; got {quantization!r}")
     if quantization == "none":
         return None
-    if not (quantize.torchao_available() if quantization == "int8" else quantize.quanto_available()):
+    if not quantize.library_available(quantization):
         raise PlanError(f"planning QUANTIZATION={quantization} needs {quantize.library(quantization)} "
                         "(requirements.txt)")
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    quantizer = AutoHfQuantizer.from_config(quantize.quantization_config(quantization))
+    skip = quantize.ungroupable_linears(model) if quantization == "int8" else ()
+    quantizer = AutoHfQuantizer.from_config(quantize.quantization_config(quantization, skip))
     quantizer.validate_environment = lambda *a, **k: None  # type: ignore[method-assign]
     return quantizer
 
@@ -298,13 +298,13 @@ def plan(
         logging.getLogger(name).setLevel(logging.ERROR)
     p = load_preset(preset) if isinstance(preset, str) else preset
     quantization = quantization or p.quantization
-    quantizer = quantizer_for(quantization)
     dtype = dtype or (p.dtype if p.dtype != "auto" else "float16")
     if dtype not in DTYPE_BYTES:
         raise PlanError(f"dtype must be one of {', '.join(DTYPE_BYTES)}; got {dtype!r}")
     capacities = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
     reserve_bytes = parse_size(reserve) if reserve not in ("0", "") else 0
     model = build_empty_model(p, dtype)
+    quantizer = quantizer_for(quantization, model)
     if quantizer is not None:
         quantizer.preprocess_model(model, dtype=getattr(__import__("torch"), dtype))
     no_split = list(getattr(model, "_no_split_modules", None) or [])

@@ -57,6 +57,10 @@ def library(quantization: str) -> str:
     return "torchao" if quantization == "int8" else "optimum-quanto"
 
 
+def library_available(quantization: str) -> bool:
+    return torchao_available() if quantization == "int8" else quanto_available()
+
+
 def support(quantization: str, *, cuda: bool, gguf: bool = False,
             capability: tuple[int, int] | None = None) -> Support:
     """Whether `quantization` can be served here (machine and checkpoint format), and if not, why."""
@@ -64,7 +68,7 @@ def support(quantization: str, *, cuda: bool, gguf: bool = False,
         return Support(False, f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
     if quantization == "none":
         return Support(True)
-    if not (torchao_available() if quantization == "int8" else quanto_available()):
+    if not library_available(quantization):
         return Support(False, f"QUANTIZATION={quantization} needs {library(quantization)} (requirements.txt)")
     if gguf:
         return Support(False, "a GGUF checkpoint is already quantized and is dequantized on load; "
@@ -97,30 +101,35 @@ def quantization_config(quantization: str, skip: tuple[str, ...] = ()) -> Any | 
     head."""
     if quantization == "none":
         return None
-    extra = {"modules_to_not_convert": ["lm_head", *skip]} if skip else {}
+    keep = ("lm_head", *skip)
     if quantization == "int8":
         from torchao.quantization import Int8WeightOnlyConfig
         from torchao.quantization.granularity import PerGroup
         from transformers import TorchAoConfig
 
-        if skip:  # torchao's quantizer matches parameter names from their start: allow any prefix
-            extra = {"modules_to_not_convert": [rf"(?:.*\.)?{re.escape(n)}" for n in ("lm_head", *skip)]}
+        # torchao's quantizer matches parameter names from their start: allow any prefix
+        extra = {"modules_to_not_convert": [rf"(?:.*\.)?{re.escape(n)}" for n in keep]} if skip else {}
         return TorchAoConfig(Int8WeightOnlyConfig(granularity=PerGroup(INT8_GROUP)), **extra)
     from transformers import QuantoConfig
 
+    extra = {"modules_to_not_convert": list(keep)} if skip else {}
     return QuantoConfig(weights=QUANTO_WEIGHTS[quantization], **extra)
 
 
-def ungroupable_linears(path: str, *, trust_remote_code: bool = False) -> tuple[str, ...]:
-    """Linear layers of the model at `path` whose input size is not a multiple of INT8_GROUP:
-    torchao cannot group them, so int8 keeps them in full precision (rare: hidden and MLP sizes are
-    multiples of 64 in the models we know). Read from the config on the meta device: no weights."""
+def empty_model(path: str, *, trust_remote_code: bool = False) -> nn.Module:
+    """The model at `path` built from its config on the meta device: names and shapes, no weights."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def ungroupable_linears(model: nn.Module) -> tuple[str, ...]:
+    """Linear layers whose input size is not a multiple of INT8_GROUP: torchao cannot group them,
+    so int8 keeps them in full precision (rare: hidden and MLP sizes are multiples of 64 in the
+    models we know). The loader and the planner both ask, so plans match what is served."""
     return tuple(name for name, m in model.named_modules()
                  if isinstance(m, nn.Linear) and m.in_features % INT8_GROUP)
 
