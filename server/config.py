@@ -78,6 +78,7 @@ class Settings:
     model_handler_dir: str | None = None
     pooling_include_prompt: bool | None = None
     embedding_dimensions: tuple[int, ...] = ()
+    embed_packing: bool = True  # several inputs a row, no padding (server/handlers/packing.py)
     max_client_batch_size: int = 64
     # LoRA adapters (README: "LoRA adapters"); server/adapters/ serves them
     adapters_dir: str = "/mnt/adapter"  # Kaito mounts each adapter at /mnt/adapter/<name>/
@@ -179,6 +180,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "MODEL_PARAMETERS": ("model_parameters", _json_object),
     "MODEL_HANDLER_DIR": ("model_handler_dir", str),
     "POOLING_INCLUDE_PROMPT": ("pooling_include_prompt", _bool),
+    "EMBED_PACKING": ("embed_packing", _bool),
     "MAX_CLIENT_BATCH_SIZE": ("max_client_batch_size", int),
     "ADAPTERS_DIR": ("adapters_dir", str),
     "ADAPTER_ROOTS": ("adapter_roots", _paths),

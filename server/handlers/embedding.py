@@ -5,9 +5,11 @@ sentence-transformers knows each checkpoint's pooling, normalization and prompts
 instruction as sentence-transformers' `prompt`; instructor-style models leave it out of the mean
 pooling (`include_prompt: false` in the preset, `POOLING_INCLUDE_PROMPT`).
 
-One `predict` call embeds a whole batch: rows sharing a prompt go through one `encode` call (one
-forward pass per prompt in the batch, since pooling takes one prompt length per pass); rows given as
-token ids through one forward of their own.
+One `predict` call embeds a whole batch: rows sharing a prompt go through one forward pass (one per
+prompt in the batch, since pooling takes one prompt length per pass); rows given as token ids
+through one of their own. Where the model passes the load-time check, the pass is packed: several
+inputs share a row instead of each being padded to the longest (server/handlers/packing.py); a single
+input, or a model that fails the check, goes through `encode` itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from server.config import Settings
 from server.handlers.base import ModelRequest
+from server.handlers.packing import PackedEncoder
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class SentenceEmbedder:
         self.vocab_size = len(self.tokenizer)
         self.device = torch.device(device)
         self.dtype = next(self.model.parameters()).dtype
+        self.packer = PackedEncoder.verified(self.model) if settings.embed_packing else None
 
     # ------------------------------------------------------------------ validation (HTTP threads)
     def parse(self, request: ModelRequest) -> EmbedInput:
@@ -171,8 +175,12 @@ class SentenceEmbedder:
                 groups.setdefault(item.prompt, []).append(i)
         with torch.inference_mode():
             for prompt, rows in groups.items():
-                vecs = self.model.encode([items[i].text for i in rows], prompt=prompt, batch_size=len(rows),
-                                         convert_to_tensor=True, show_progress_bar=False)
+                texts = [items[i].text or "" for i in rows]
+                if self.packer is not None and len(rows) > 1:
+                    vecs = self.packer.embed_texts(texts, prompt)
+                else:
+                    vecs = self.model.encode(texts, prompt=prompt, batch_size=len(rows),
+                                             convert_to_tensor=True, show_progress_bar=False)
                 for i, v in zip(rows, vecs, strict=True):
                     out[i] = v
             if id_rows:
@@ -184,6 +192,8 @@ class SentenceEmbedder:
         """Token ids as given (they should include the model's special tokens, as its tokenizer's
         encode adds them), cut to the model's limit."""
         seqs = [list(r or ())[: self.max_tokens] for r in rows]
+        if self.packer is not None:
+            return self.packer.embed([torch.tensor(s) for s in seqs])
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)

@@ -157,24 +157,3 @@ def test_a_lone_client_is_not_kept_waiting(make) -> None:
     b.submit([j2])
     _wait([j1, j2])
     assert h.batches == [1, 1, 1, 1]
-
-
-def test_many_inputs_in_flight_split_into_two_cohorts(make) -> None:
-    """32 inputs at once: two batches of 16, so one computes while the other's callers come back;
-    8 at once (test above) still share one call."""
-    h = CountingHandler()
-    b = make(h, window_s=0.3, max_batch_size=32)
-    jobs = [_job(i) for i in range(32)]
-    b.submit(jobs)
-    _wait(jobs)
-    assert h.batches == [16, 16]
-    assert [j.output["echo"] for j in jobs] == [str(i) for i in range(32)]
-
-
-def test_cohorts_never_exceed_max_batch_size(make) -> None:
-    h = CountingHandler()
-    b = make(h, window_s=0.3, max_batch_size=8)
-    jobs = [_job(i) for i in range(40)]
-    b.submit(jobs)
-    _wait(jobs)
-    assert h.batches == [8] * 5
