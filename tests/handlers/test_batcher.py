@@ -157,3 +157,37 @@ def test_a_lone_client_is_not_kept_waiting(make) -> None:
     b.submit([j2])
     _wait([j1, j2])
     assert h.batches == [1, 1, 1, 1]
+
+
+def test_a_lone_client_skips_the_window(make) -> None:
+    """One client sending its next input once the last is answered: nobody else is coming, so the
+    window (2 s here) is not waited, except before the very first call."""
+    h = CountingHandler()
+    b = make(h, window_s=2.0)
+    first = _job("a")
+    b.submit([first])
+    _wait([first])  # the first call waited the window: no history yet
+    for x in ("b", "c", "d"):
+        j = _job(x)
+        t = time.monotonic()
+        b.submit([j])
+        assert j.done.wait(1.0), "a lone client waited the batch window"
+        assert time.monotonic() - t < 1.0
+    assert h.batches == [1, 1, 1, 1]
+
+
+def test_the_fill_wait_ends_once_the_inputs_in_flight_are_back(make) -> None:
+    """After a call of 3, the next starts as soon as 3 wait: a 4th arriving later, still within the
+    fill time, is not waited for (it would be with MAX_BATCH_SIZE as the only target)."""
+    h = CountingHandler(delay_s=1.2)  # fill time: a quarter, 0.3 s
+    b = make(h, window_s=0.005)
+    first = [_job(i) for i in range(3)]
+    b.submit(first)
+    _wait(first)
+    again = [_job(i) for i in range(3, 6)]
+    b.submit(again)
+    time.sleep(0.15)
+    late = _job(6)
+    b.submit([late])
+    _wait([*again, late])
+    assert h.batches == [3, 3, 1]
