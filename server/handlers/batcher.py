@@ -1,20 +1,16 @@
 """One thread that owns the handler: concurrent inputs share `predict` calls.
 
 Inputs wait in one FIFO. Before each call the thread waits `BATCH_WINDOW_MS` for simultaneous
-arrivals, with two exceptions:
-- a lone client (the last call had one input, and the one input waiting arrived after it ended)
-  starts at once: nobody else is coming, and the window would only add to its latency;
-- while requests come concurrently (the last call had more than one input) it waits longer for the
-  batch to fill, up to a quarter of the last call's time (at most `FILL_CAP_S`), but only until as
-  many inputs wait as were in flight when one of the last two calls ended (its inputs, whose
-  callers are on their way back, plus those already waiting; two, so that one caller whose next
-  input came a moment late does not shrink every later batch): a call's fixed cost (one pass over
-  every layer, thread start-up) is shared by more rows if they join, and waiting for more than
-  are coming only idles the model.
-Then it takes inputs in arrival order
-while the batch stays within `MAX_BATCH_SIZE` rows and `MAX_BATCH_TOKENS` (rows x the longest
-input's tokens, i.e. counted with padding; an input larger than the budget still runs, alone).
-Inputs whose caller went away or whose deadline passed are skipped. A `predict` that raises fails
+arrivals (for one client alone this only adds to its latency: `BATCH_WINDOW_MS=0` if that is the
+traffic). While requests come concurrently (the last call had more than one input) it waits longer
+for the batch to fill, up to a quarter of the last call's time (at most `FILL_CAP_S`), but only
+until as many inputs wait as were in flight when one of the last two calls ended (its inputs,
+whose callers are on their way back, plus those already waiting; two, so that one caller whose
+next input came a moment late does not shrink every later batch): a call's fixed cost (one pass
+over every layer, thread start-up) is shared by more rows if they join, and waiting for more than
+are coming only idles the model. Then it takes inputs in arrival order while the batch stays
+within `MAX_BATCH_SIZE` rows and `MAX_BATCH_TOKENS` (rows x the longest input's tokens, i.e.
+counted with padding; an input larger than the budget still runs, alone). Inputs whose caller went away or whose deadline passed are skipped. A `predict` that raises fails
 every input of that batch, and the thread keeps serving.
 
 Splitting a closed-loop crowd into two alternating cohorts (one computing while the other's callers
@@ -71,7 +67,6 @@ class PredictBatcher:
         self.batches = 0  # predict calls made
         self._last_rows = 0
         self._in_flight = (0, 0)  # each of the last two calls: its inputs plus those waiting when it ended
-        self._last_end = 0.0
         self._last_seconds = 0.0
         self.model_lock = threading.Lock()  # one model call at a time: a batch or a stream's next chunk
         self._waiting: deque[Job] = deque()
@@ -145,8 +140,6 @@ class PredictBatcher:
     def _gather(self) -> None:
         """Give simultaneous arrivals a moment to join this batch (see the module docstring)."""
         wait, target = self.window_s, self.max_batch_size
-        if self._last_rows == 1 and len(self._waiting) == 1 and self._waiting[0].arrival >= self._last_end:
-            return  # a lone client
         if self._last_rows > 1:
             wait = max(wait, min(FILL_CAP_S, FILL_FRACTION * self._last_seconds))
             target = min(target, max(self._in_flight))
@@ -195,8 +188,7 @@ class PredictBatcher:
         finally:
             self.running = 0
             self.batches += 1
-            self._last_end = time.monotonic()
-            self._last_rows, self._last_seconds = len(batch), self._last_end - started
+            self._last_rows, self._last_seconds = len(batch), time.monotonic() - started
             self._in_flight = (self._in_flight[1], len(batch) + len(self._waiting))
             for job in batch:
                 job.done.set()

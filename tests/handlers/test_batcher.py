@@ -159,23 +159,6 @@ def test_a_lone_client_is_not_kept_waiting(make) -> None:
     assert h.batches == [1, 1, 1, 1]
 
 
-def test_a_lone_client_skips_the_window(make) -> None:
-    """One client sending its next input once the last is answered: nobody else is coming, so the
-    window (2 s here) is not waited, except before the very first call."""
-    h = CountingHandler()
-    b = make(h, window_s=2.0)
-    first = _job("a")
-    b.submit([first])
-    _wait([first])  # the first call waited the window: no history yet
-    for x in ("b", "c", "d"):
-        j = _job(x)
-        t = time.monotonic()
-        b.submit([j])
-        assert j.done.wait(1.0), "a lone client waited the batch window"
-        assert time.monotonic() - t < 1.0
-    assert h.batches == [1, 1, 1, 1]
-
-
 def test_the_fill_wait_ends_once_the_inputs_in_flight_are_back(make) -> None:
     """After a call of 3, the next starts as soon as 3 wait: a 4th arriving later, still within the
     fill time, is not waited for (it would be with MAX_BATCH_SIZE as the only target)."""
