@@ -2,16 +2,17 @@
 
 Inputs wait in one FIFO. Before each call the thread waits `BATCH_WINDOW_MS` for simultaneous
 arrivals (for one client alone this only adds to its latency: `BATCH_WINDOW_MS=0` if that is the
-traffic). While requests come concurrently (the last call had more than one input) it waits longer
-for the batch to fill, up to a quarter of the last call's time (at most `FILL_CAP_S`), but only
-until as many inputs wait as were in flight when one of the last two calls ended (its inputs,
-whose callers are on their way back, plus those already waiting; two, so that one caller whose
-next input came a moment late does not shrink every later batch): a call's fixed cost (one pass
-over every layer, thread start-up) is shared by more rows if they join, and waiting for more than
-are coming only idles the model. Then it takes inputs in arrival order while the batch stays
-within `MAX_BATCH_SIZE` rows and `MAX_BATCH_TOKENS` (rows x the longest input's tokens, i.e.
-counted with padding; an input larger than the budget still runs, alone). Inputs whose caller went away or whose deadline passed are skipped. A `predict` that raises fails
-every input of that batch, and the thread keeps serving.
+traffic). While requests come concurrently (the last call had more than one input) it may wait
+longer for the batch to fill, up to a quarter of the last call's time (at most `FILL_CAP_S`), but
+past the window only until as many inputs wait as were in flight when one of the last two calls
+ended (its inputs, whose callers are on their way back, plus those already waiting; two, so that
+one caller whose next input came a moment late does not shrink every later batch): a call's fixed
+cost (one pass over every layer, thread start-up) is shared by more rows if they join, and waiting
+for more than are coming only idles the model. Then it takes inputs in arrival order while the
+batch stays within `MAX_BATCH_SIZE` rows and `MAX_BATCH_TOKENS` (rows x the longest input's tokens,
+i.e. counted with padding; an input larger than the budget still runs, alone). Inputs whose caller
+went away or whose deadline passed are skipped. A `predict` that raises fails every input of that
+batch, and the thread keeps serving.
 
 Splitting a closed-loop crowd into two alternating cohorts (one computing while the other's callers
 come back) was measured and dropped: it keeps the thread busy 99% instead of about 80%, but with
@@ -138,17 +139,19 @@ class PredictBatcher:
                 self._predict(batch)
 
     def _gather(self) -> None:
-        """Give simultaneous arrivals a moment to join this batch (see the module docstring)."""
-        wait, target = self.window_s, self.max_batch_size
+        """Give simultaneous arrivals the window to join this batch, and under concurrent load the
+        callers just answered a little longer (see the module docstring)."""
+        now = time.monotonic()
+        window_end = fill_end = now + self.window_s
+        target = self.max_batch_size
         if self._last_rows > 1:
-            wait = max(wait, min(FILL_CAP_S, FILL_FRACTION * self._last_seconds))
+            fill_end = now + max(self.window_s, min(FILL_CAP_S, FILL_FRACTION * self._last_seconds))
             target = min(target, max(self._in_flight))
-        end = time.monotonic() + wait
-        while len(self._waiting) < target and not self._stopping:
-            left = end - time.monotonic()
-            if left <= 0:
+        while len(self._waiting) < self.max_batch_size and not self._stopping:
+            now = time.monotonic()
+            if now >= fill_end or (now >= window_end and len(self._waiting) >= target):
                 break
-            self._cond.wait(left)
+            self._cond.wait((window_end if now < window_end else fill_end) - now)
 
     def _take(self) -> list[Job]:
         batch: list[Job] = []
