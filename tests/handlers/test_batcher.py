@@ -174,3 +174,20 @@ def test_the_fill_wait_ends_once_the_inputs_in_flight_are_back(make) -> None:
     b.submit([late])
     _wait([*again, late])
     assert h.batches == [3, 3, 1]
+
+
+def test_the_window_is_still_waited_once_the_inputs_in_flight_are_back(make) -> None:
+    """The in-flight count only shortens the extra fill wait: arrivals within BATCH_WINDOW_MS
+    always share the call."""
+    h = CountingHandler()
+    b = make(h, window_s=0.4)
+    first = [_job(i) for i in range(3)]
+    b.submit(first)
+    _wait(first)
+    again = [_job(i) for i in range(3, 6)]
+    b.submit(again)
+    time.sleep(0.1)
+    late = [_job(6), _job(7)]
+    b.submit(late)
+    _wait([*again, *late])
+    assert h.batches == [3, 5]
