@@ -1,6 +1,7 @@
 """Packed (padding-free) embedding passes against sentence-transformers' own `encode`: the layout,
-the real all-MiniLM-L6-v2, tiny random BERT (eager attention) and RoBERTa (positions from
-padding_idx + 1) models, and the load-time check that keeps the plain path when packing is wrong."""
+the real all-MiniLM-L6-v2, tiny random BERT (eager attention), RoBERTa (positions from
+padding_idx + 1) and T5 (instructor's encoder) models, and the load-time check that keeps the
+plain path when packing is wrong."""
 
 from __future__ import annotations
 
@@ -100,15 +101,30 @@ def test_the_setting_turns_packing_off() -> None:
 
 
 def _tiny(tmp_path: Path, kind: str, attention: str):
-    """A random 2-layer encoder with all-MiniLM-L6-v2's tokenizer, wrapped as sentence-transformers."""
+    """A random 2-layer encoder with all-MiniLM-L6-v2's tokenizer, wrapped as sentence-transformers.
+    bert/roberta/t5: all-MiniLM-L6-v2 and bge, multilingual-e5 (positions from padding_idx + 1),
+    instructor."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        RobertaConfig,
+        RobertaModel,
+        T5Config,
+        T5EncoderModel,
+    )
 
     torch.manual_seed(0)
     common = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
               "intermediate_size": 64, "max_position_embeddings": 300, "pad_token_id": 0}
-    model = (BertModel(BertConfig(**common)) if kind == "bert" else RobertaModel(RobertaConfig(**common)))
+    if kind == "t5":  # instructor's encoder: relative positions, no position ids
+        t5 = T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      pad_token_id=0, decoder_start_token_id=0)
+        model = T5EncoderModel(t5)
+    else:
+        model = BertModel(BertConfig(**common)) if kind == "bert" else RobertaModel(RobertaConfig(**common))
     path = tmp_path / kind
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(str(MODEL)).save_pretrained(path)
@@ -117,7 +133,8 @@ def _tiny(tmp_path: Path, kind: str, attention: str):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("kind, attention", [("bert", "eager"), ("bert", "sdpa"), ("roberta", "sdpa")])
+@pytest.mark.parametrize("kind, attention", [("bert", "eager"), ("bert", "sdpa"), ("roberta", "sdpa"),
+                                             ("t5", "sdpa")])
 def test_packing_holds_on_other_encoders(tmp_path: Path, kind: str, attention: str) -> None:
     st = _tiny(tmp_path, kind, attention)
     packer = PackedEncoder.verified(st)
