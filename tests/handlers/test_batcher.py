@@ -159,35 +159,23 @@ def test_a_lone_client_is_not_kept_waiting(make) -> None:
     assert h.batches == [1, 1, 1, 1]
 
 
-def test_the_fill_wait_ends_once_the_inputs_in_flight_are_back(make) -> None:
-    """After a call of 3, the next starts as soon as 3 wait: a 4th arriving later, still within the
-    fill time, is not waited for (it would be with MAX_BATCH_SIZE as the only target)."""
-    h = CountingHandler(delay_s=1.2)  # fill time: a quarter, 0.3 s
-    b = make(h, window_s=0.005)
+@pytest.mark.parametrize("delay_s, window_s, late, batches", [
+    (1.2, 0.005, 1, [3, 3, 1]),  # fill time 0.3 s: the late input, past the window, is not waited for
+    (0.0, 0.4, 2, [3, 5]),  # within the window it still shares the call
+])
+def test_after_a_call_of_3_the_next_starts_once_3_wait_and_the_window_is_over(
+        make, delay_s: float, window_s: float, late: int, batches: list[int]) -> None:
+    """Past the window, the fill wait ends once as many inputs wait as were in flight (3 here), not
+    MAX_BATCH_SIZE; the in-flight count never cuts the window itself."""
+    h = CountingHandler(delay_s=delay_s)
+    b = make(h, window_s=window_s)
     first = [_job(i) for i in range(3)]
     b.submit(first)
     _wait(first)
     again = [_job(i) for i in range(3, 6)]
     b.submit(again)
-    time.sleep(0.15)
-    late = _job(6)
-    b.submit([late])
-    _wait([*again, late])
-    assert h.batches == [3, 3, 1]
-
-
-def test_the_window_is_still_waited_once_the_inputs_in_flight_are_back(make) -> None:
-    """The in-flight count only shortens the extra fill wait: arrivals within BATCH_WINDOW_MS
-    always share the call."""
-    h = CountingHandler()
-    b = make(h, window_s=0.4)
-    first = [_job(i) for i in range(3)]
-    b.submit(first)
-    _wait(first)
-    again = [_job(i) for i in range(3, 6)]
-    b.submit(again)
-    time.sleep(0.1)
-    late = [_job(6), _job(7)]
-    b.submit(late)
-    _wait([*again, *late])
-    assert h.batches == [3, 5]
+    time.sleep(0.12)
+    later = [_job(6 + k) for k in range(late)]
+    b.submit(later)
+    _wait([*again, *later])
+    assert h.batches == batches
