@@ -151,8 +151,8 @@ class AdapterManager:
                 if key is not None:
                     return self._use(key, hold)
             self._load_on_demand(name, ref)
-        raise AdapterError("unknown_adapter", f"adapter {name!r} could not be kept loaded "
-                           "(MAX_LOADED_ADAPTERS is too small for the adapters in use)", status=503)
+        raise AdapterError("adapter_capacity", f"adapter {name!r} could not be kept loaded "
+                           "(MAX_LOADED_ADAPTERS is too small for the adapters in use); retry later")
 
     def release(self, key: str | None) -> None:
         if key is None:

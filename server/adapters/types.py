@@ -52,6 +52,7 @@ ERROR_STATUS = {
     "bad_merge": 400,  # mismatched ranks, weights, strategy, density
     "unauthorized": 401,
     "admin_disabled": 403,
+    "adapter_capacity": 503,  # evicted again before use: more adapters in use than MAX_LOADED_ADAPTERS
 }
 
 

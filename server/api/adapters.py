@@ -17,11 +17,12 @@ from server.api.errors import ApiError
 # AdapterError kinds: they keep their own status in every dialect (TGI would otherwise turn a 400
 # into its 422 "validation" status)
 ADAPTER_KINDS = frozenset({"unknown_adapter", "invalid_adapter", "forbidden_path", "unsupported_source",
-                           "bad_merge", "unauthorized", "admin_disabled"})
+                           "bad_merge", "unauthorized", "admin_disabled", "adapter_capacity"})
 
 
 def api_error(exc: AdapterError, param: str | None = None) -> ApiError:
-    return ApiError(exc.status, exc.message, kind=exc.kind, param=param)
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return ApiError(exc.status, exc.message, kind=exc.kind, param=param, headers=headers)
 
 
 def named(name: str | None) -> AdapterRef | None:

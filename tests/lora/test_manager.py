@@ -157,6 +157,16 @@ def test_least_recently_used_adapters_are_evicted_never_one_in_use(roots, start_
     assert metrics.LOADED_ADAPTERS._value.get() == m.loaded == 2
 
 
+def test_an_adapter_evicted_before_each_use_is_a_503_not_a_404(roots, start_engine, monkeypatch) -> None:
+    engine = start_engine(adapters_dir=str(roots["mnt"]), max_loaded_adapters=2)
+    m = engine.adapters
+    monkeypatch.setattr(m, "_load_on_demand", lambda name, ref: None)  # as if evicted again each time
+    with pytest.raises(AdapterError) as err:
+        m.resolve(AdapterRef("adapter1"))
+    assert (err.value.status, err.value.kind) == (503, "adapter_capacity")
+    assert "MAX_LOADED_ADAPTERS" in err.value.message
+
+
 def test_load_use_unload_while_other_requests_stream(roots, reference: Reference, start_engine,
                                                      tmp_path: Path) -> None:
     engine = start_engine(adapters_dir=str(tmp_path / "empty"), adapter_roots=(str(roots["mnt"]),))
