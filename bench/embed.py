@@ -153,10 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             pairs = []
             for r in range(args.repeats):
                 ref = reference_rate(model, batch, args.seconds)
-                srv_level = server_rate(srv.url, clients, args.seconds, r * 1_000_000, args.client)
-                pairs.append({"reference_sentences_per_s": ref, **srv_level,
-                              "ratio": srv_level["requests_per_s"] / ref})
-                got = srv_level
+                got = server_rate(srv.url, clients, args.seconds, r * 1_000_000, args.client)
+                pairs.append({"reference_sentences_per_s": ref, **got, "ratio": got["requests_per_s"] / ref})
                 print(f"{clients} clients, repeat {r + 1}: encode {ref:.1f}/s, server "
                       f"{got['requests_per_s']:.1f} req/s (p50 {got['p50_ms']:.0f} ms, "
                       f"{got['rows_per_forward']:.1f} rows/forward, busy {got['busy_share']:.0%}), "
