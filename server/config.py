@@ -69,6 +69,9 @@ class Settings:
     rate_limit: str = ""
     rate_limit_storage_uri: str = "memory://"
     max_input_tokens: int = 0
+    # structured outputs (README: "Structured outputs and tool calls")
+    max_grammar_bytes: int = 65_536
+    grammar_compile_timeout_s: float = 5.0
     drain_delay_s: float = 5.0
     # model kinds (README: "Embeddings and model handlers"): chat (the generation engine),
     # embedding (sentence-transformers) or a user's MosaicML-style handler class
@@ -174,6 +177,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT": ("rate_limit", str),
     "RATE_LIMIT_STORAGE_URI": ("rate_limit_storage_uri", str),
     "MAX_INPUT_TOKENS": ("max_input_tokens", int),
+    "MAX_GRAMMAR_BYTES": ("max_grammar_bytes", int),
+    "GRAMMAR_COMPILE_TIMEOUT_S": ("grammar_compile_timeout_s", float),
     "DRAIN_DELAY_S": ("drain_delay_s", float),
     "MODEL_KIND": ("model_kind", str),
     "MODEL_HANDLER": ("model_handler", str),
@@ -257,11 +262,13 @@ def _check(s: Settings) -> None:
     if s.pipeline not in ("text-generation", "conversational"):
         raise ConfigError(f"PIPELINE must be text-generation or conversational; got {s.pipeline!r}")
     for name in ("threads", "max_batch_size", "max_batch_tokens", "max_prefill_tokens", "max_body_bytes",
-                 "max_queued_requests", "max_client_batch_size", "max_loaded_adapters"):
+                 "max_queued_requests", "max_client_batch_size", "max_loaded_adapters", "max_grammar_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if s.max_input_tokens < 0 or s.drain_delay_s < 0 or s.prefix_cache_min_tokens < 0:
         raise ConfigError("MAX_INPUT_TOKENS, DRAIN_DELAY_S and PREFIX_CACHE_MIN_TOKENS must not be negative")
+    if s.grammar_compile_timeout_s <= 0:
+        raise ConfigError("GRAMMAR_COMPILE_TIMEOUT_S must be positive")
     if s.rate_limit:
         from limits import parse_many
 

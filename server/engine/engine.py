@@ -13,7 +13,9 @@ from server.adapters.manager import AdapterManager
 from server.adapters.runtime import use_adapters
 from server.adapters.types import AdapterRef
 from server.config import Settings
-from server.engine.errors import EngineUnavailable
+from server.engine.constraint_mask import MaskApplier
+from server.engine.errors import EngineUnavailable, InvalidConstraint
+from server.engine.grammar import Constraint, ConstraintSpec, GrammarLimits, Grammars, supported
 from server.engine.host import ModelHost
 from server.engine.loop import EngineLoop
 from server.engine.params import ModelLimits
@@ -34,6 +36,8 @@ class Engine(ModelHost):
         self.loop: EngineLoop | None = None
         self.limits: ModelLimits | None = None
         self.adapters: AdapterManager | None = None
+        self.grammars: Grammars | None = None  # output constraints (None: the tokenizer can't)
+        self._no_grammars = ""  # why there are none
         # requests handed to the loop, so a dead loop thread cannot leave them waiting
         self._submitted: weakref.WeakValueDictionary[str, GenerationRequest] = weakref.WeakValueDictionary()
         self._submitted_lock = threading.Lock()
@@ -50,7 +54,11 @@ class Engine(ModelHost):
             vocab_size=int(loaded.model.config.get_text_config().vocab_size),
             generation_defaults=defaults,
         )
-        loop = build_loop(loaded, self.settings)
+        self.grammars = _grammars(loaded, self.limits.vocab_size, self.settings)
+        if self.grammars is None:
+            self._no_grammars = supported(loaded.tokenizer)[1]
+            log.info("structured outputs off: %s", self._no_grammars)
+        loop = build_loop(loaded, self.settings, self.grammars)
         adapters = AdapterManager(loaded.model, self.settings, served_name=self.settings.served_model_name)
         adapters.on_change = metrics.LOADED_ADAPTERS.set
         adapters.start()  # before the loop runs: Kaito's adapters, `combined`, DEFAULT_ADAPTER
@@ -114,6 +122,14 @@ class Engine(ModelHost):
         finally:
             self.adapters.release(key)
 
+    def compile_constraint(self, spec: ConstraintSpec) -> Constraint:
+        """Compile an output constraint on the caller's (HTTP) thread; InvalidConstraint for one
+        that cannot be enforced, or when this model's tokenizer cannot take constraints."""
+        self._require()
+        if self.grammars is None:
+            raise InvalidConstraint(f"structured outputs are not available for this model: {self._no_grammars}")
+        return self.grammars.compile(spec)
+
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request. Its adapter is resolved here, on the caller's thread (loaded on demand
         if need be), so that an AdapterError reaches the API module as a 4xx."""
@@ -132,6 +148,8 @@ class Engine(ModelHost):
             raise
         with self._submitted_lock:
             self._submitted[request.id] = request
+        if request.constraint is not None:
+            metrics.CONSTRAINED.labels(kind=request.constraint.kind).inc()
 
 
 def _between_steps(loop: EngineLoop, loaded: loader.LoadedModel) -> Callable[[Callable[[], Any]], Any]:
@@ -145,9 +163,18 @@ def _between_steps(loop: EngineLoop, loaded: loader.LoadedModel) -> Callable[[Ca
     return run
 
 
-def build_loop(loaded: loader.LoadedModel, s: Settings) -> EngineLoop:
+def _grammars(loaded: loader.LoadedModel, vocab_size: int, s: Settings) -> Grammars | None:
+    """llguidance's view of the tokenizer, built once at load (about a second)."""
+    if not supported(loaded.tokenizer)[0]:
+        return None
+    return Grammars(loaded.tokenizer, vocab_size, loaded.eos_token_ids,
+                    GrammarLimits(max_bytes=s.max_grammar_bytes, compile_timeout_s=s.grammar_compile_timeout_s))
+
+
+def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | None = None) -> EngineLoop:
     """The policy, the runner and the loop for a loaded model, wired to the metrics."""
-    runner = ModelRunner(loaded)
+    masks = MaskApplier(grammars.vocab_size, loaded.eos_token_ids) if grammars is not None else None
+    runner = ModelRunner(loaded, masks, on_mask=metrics.record_mask)
     batching, why = runner.supports_batching()
     if not batching:
         log.info("continuous batching off, every request uses exact generate: %s", why)

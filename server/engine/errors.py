@@ -19,6 +19,18 @@ class InvalidParams(ValueError):
     """A client error in generation parameters; the message names the offending field."""
 
 
+class InvalidConstraint(InvalidParams):
+    """A structured-output constraint (schema, regex, grammar, tools) that cannot be enforced."""
+
+
+class ConstraintDeadEnd(ValueError):
+    """A constrained row reached a state where its constraint allows no token at all."""
+
+    def __init__(self) -> None:
+        super().__init__("the output constraint allows no further token (the grammar cannot be "
+                         "completed from here)")
+
+
 class InvalidDistribution(ValueError):
     """A row's sampling parameters broke its probability distribution (the request's fault)."""
 

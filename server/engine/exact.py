@@ -18,7 +18,9 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from server.engine.constraint_mask import ConstraintProcessor, MaskApplier
 
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.stops import StopChecker, finish_reason, text_of
@@ -78,8 +80,10 @@ class _StreamingCriteria(StoppingCriteria):
 
 
 @torch.inference_mode()
-def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest]) -> None:
-    """Run one `generate` call for requests whose parameters are identical (seed aside)."""
+def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
+                   masks: MaskApplier | None = None) -> None:
+    """Run one `generate` call for requests whose parameters are identical (seed aside); their
+    output constraints, if any, as a logits processor (`masks` applies them)."""
     params = requests[0].params
     n = params.num_return_sequences
     pad = loaded.pad_token_id
@@ -98,10 +102,17 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest]) -
             for r in requests for j in range(n)]
     if params.seed is not None:
         torch.manual_seed(params.seed)
+    processors = LogitsProcessorList()
+    if any(r.constraint is not None for r in requests):
+        if masks is None:
+            raise ValueError("output constraints are not supported with this model's tokenizer")
+        processors.append(ConstraintProcessor([r.constraint for r in requests], width, masks,
+                                              [r.params.eos_token_ids for r in requests]))
     out = loaded.model.generate(
         input_ids=ids.to(loaded.device),
         attention_mask=mask.to(loaded.device),
         generation_config=config,
+        logits_processor=processors,
         stopping_criteria=StoppingCriteriaList([_StreamingCriteria(rows, stream)]),
     )
     sequences = out.sequences[:, width:].tolist()

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from server.adapters.types import AdapterRef
 from server.engine.errors import EngineTimeout, StreamError, failure_message
+from server.engine.grammar import Constraint
 
 FinishReason = Literal["length", "eos", "stop", "cancelled", "timeout", "error"]
 
@@ -181,6 +182,7 @@ class GenerationRequest:
     params: GenerationParams
     adapter: AdapterRef | None = None  # set by the API module; None = DEFAULT_ADAPTER
     deadline: float | None = None  # time.monotonic() after which generation stops ("timeout")
+    constraint: Constraint | None = None  # what the output must match (compiled: engine/grammar.py)
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     arrival: float = field(default_factory=time.monotonic)
     stream: TokenStream = field(init=False)

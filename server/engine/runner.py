@@ -14,13 +14,14 @@ rows of that batch; a row whose distribution broke fails alone; the runner itsel
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from server.adapters.runtime import use_adapters
 from server.engine.batch import Batch, Prefix, Row, supports_batching
-from server.engine.errors import InvalidDistribution
+from server.engine.constraint_mask import MaskApplier
+from server.engine.errors import ConstraintDeadEnd, InvalidDistribution
 from server.engine.exact import generate_exact
 from server.engine.request import GenerationRequest
 from server.engine.sampling import RowSampler, choose
@@ -31,9 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, masks: MaskApplier | None = None,
+                 on_mask: Callable[[int, float], None] | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
+        self.masks = masks  # constraint masks (None: the tokenizer does not support constraints)
+        self.on_mask = on_mask  # metrics hook: (constrained rows, seconds) per step that masked
         self._batch: Batch | None = None
         self._fresh: Batch | None = None  # prefilled in the last step; merged at the next one
         self._prefixes: dict[PrefixKey, Prefix] = {}
@@ -115,7 +119,7 @@ class ModelRunner:
     def _exact(self, group: list[GenerationRequest], out: StepOutput) -> None:
         try:
             with self.loaded.exclusive(), use_adapters(group[0].adapter_key):  # one adapter per group
-                generate_exact(self.loaded, group)
+                generate_exact(self.loaded, group, self.masks)
         except Exception as exc:  # one failed call fails its requests, not the server
             log.exception("exact generate failed for %d request(s)", len(group))
             out.failed.extend((r, exc) for r in group)
@@ -123,7 +127,8 @@ class ModelRunner:
     # helpers
     def _row(self, seq: Sequence) -> Row:
         req = seq.request
-        return Row(seq, RowSampler(req.params, req.input_ids, seq.index, self._logits_device),
+        matcher = req.constraint.matcher() if req.constraint is not None else None
+        return Row(seq, RowSampler(req.params, req.input_ids, seq.index, self._logits_device, matcher),
                    length=req.prompt_tokens)
 
     def _prefix(self, ids: tuple[int, ...] | None, adapters: list[str | None]) -> Prefix | None:
@@ -148,10 +153,14 @@ class ModelRunner:
         """Choose one token per row; a row whose distribution broke fails its request alone."""
         rows = batch.rows
         want = [r.request.params.top_logprobs if r.request.params.logprobs else -1 for r in rows]
-        choice = choose(logits, [r.sampler for r in rows], want)
-        bad = {id(rows[i].request) for i in choice.invalid}
+        choice = choose(logits, [r.sampler for r in rows], want, self.masks)
+        if choice.mask_seconds is not None and self.on_mask is not None:
+            self.on_mask(sum(r.sampler.matcher is not None for r in rows), choice.mask_seconds)
+        bad = {id(rows[i].request) for i in (*choice.invalid, *choice.dead_ends)}
         broken = _distinct(rows[i].request for i in choice.invalid)
         out.failed.extend((req, InvalidDistribution()) for req in broken)
+        dead = _distinct(rows[i].request for i in choice.dead_ends)
+        out.failed.extend((req, ConstraintDeadEnd()) for req in dead)
         for i, row in enumerate(rows):
             if id(row.request) in bad:
                 continue

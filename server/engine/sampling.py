@@ -4,14 +4,18 @@ Each row of a running batch carries its own parameters, history and random gener
 tokens do not depend on its neighbours. Processors run in the order transformers' `generate` applies
 them (repetition penalty, n-gram ban, min-new-tokens EOS mask, then temperature, top-k, top-p, min-p,
 typical-p), and the warpers are transformers' own classes, applied to groups of rows that share
-parameters, so the distributions match `generate`'s.
+parameters, so the distributions match `generate`'s. A row with an output constraint has its own
+matcher: after the processors and before the warpers, the tokens it disallows get -inf (one mask
+fill for all constrained rows: constraint_mask.py), and the chosen token advances it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import llguidance
 import torch
 from transformers.generation.logits_process import (
     LogitsProcessor,
@@ -22,6 +26,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
+from server.engine.constraint_mask import MaskApplier
 from server.engine.request import GenerationParams
 
 WarperKey = tuple[float, int, float, float, float]
@@ -48,11 +53,12 @@ class RowSampler:
     """One sequence's sampling state: parameters, token history, n-gram table, generator."""
 
     __slots__ = ("params", "history", "generated", "generator", "_ngrams", "_eos", "warper_key",
-                 "needs_processing")
+                 "needs_processing", "matcher")
 
     def __init__(self, params: GenerationParams, prompt_ids: list[int], index: int,
-                 device: torch.device) -> None:
+                 device: torch.device, matcher: llguidance.LLMatcher | None = None) -> None:
         self.params = params
+        self.matcher = matcher  # the row's output constraint, advanced with every chosen token
         self.history = list(prompt_ids)  # prompt + generated: what repetition penalty sees
         self.generated = 0
         self.generator: torch.Generator | None = None
@@ -95,7 +101,8 @@ class RowSampler:
             banned = self._ngrams.get(prefix)
             if banned:
                 scores[list(banned)] = -float("inf")
-        if self.generated < p.min_new_tokens and self._eos:
+        # a constraint decides where its output may end (banning EOS could leave no token at all)
+        if self.generated < p.min_new_tokens and self._eos and self.matcher is None:
             scores[self._eos] = -float("inf")
 
 
@@ -105,20 +112,35 @@ class Choice:
     logprobs: list[float | None]
     top_logprobs: list[list[tuple[int, float]] | None]
     invalid: list[int] = field(default_factory=list)  # rows whose distribution was not finite
+    dead_ends: list[int] = field(default_factory=list)  # constrained rows left with no allowed token
+    mask_seconds: float | None = None  # time spent on constraint masks (None: no constrained row)
 
 
-def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int]) -> Choice:
+def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int],
+           masks: MaskApplier | None = None) -> Choice:
     """Pick one token per row from `logits [B, V]` (the model's last-position logits).
 
     `want_logprobs[i]` is -1 for no log-probabilities, else the number of top alternatives to return.
     Log-probabilities are of the model's raw distribution (as `output_logits` gives them).
+    Constrained rows (a matcher) need `masks`; their matchers consume the chosen tokens.
     """
     raw = logits.float()
     processed = [i for i, r in enumerate(rows) if r.needs_processing]
+    constrained = [i for i, r in enumerate(rows) if r.matcher is not None]
     any_lp = any(n >= 0 for n in want_logprobs)
-    scores = raw.clone() if processed and any_lp else raw  # keep raw logits for log-probabilities
+    # keep raw logits for log-probabilities
+    scores = raw.clone() if (processed or constrained) and any_lp else raw
     for i in processed:
         rows[i].process(scores[i])
+    dead: list[int] = []
+    mask_seconds = None
+    if constrained:
+        if masks is None:
+            raise RuntimeError("constrained rows need a MaskApplier")
+        started = time.perf_counter()
+        dead = masks.apply(scores, constrained, [rows[i].matcher for i in constrained],
+                           [rows[i].params.eos_token_ids for i in constrained])
+        mask_seconds = time.perf_counter() - started
 
     tokens = scores.argmax(dim=-1)
     invalid: list[int] = []
@@ -141,6 +163,13 @@ def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int
                 else:
                     invalid.append(i)
     chosen = tokens.tolist()
+    if constrained:
+        started = time.perf_counter()
+        invalid = sorted(set(invalid) - set(dead))
+        for i in constrained:
+            if i not in dead and i not in invalid and not rows[i].matcher.consume_token(chosen[i]):
+                dead.append(i)
+        mask_seconds = (mask_seconds or 0.0) + time.perf_counter() - started
 
     lps: list[float | None] = [None] * len(rows)
     tops: list[list[tuple[int, float]] | None] = [None] * len(rows)
@@ -153,4 +182,4 @@ def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int
             if n > 0:
                 values, ids = logp[j].topk(n)
                 tops[i] = [(int(t), float(v)) for t, v in zip(ids.tolist(), values.tolist(), strict=True)]
-    return Choice(chosen, lps, tops, invalid)
+    return Choice(chosen, lps, tops, invalid, dead, mask_seconds)

@@ -46,6 +46,15 @@ LATENCY = Histogram("inferbox_request_latency_seconds", "Request latency by endp
 TTFT = Histogram("inferbox_time_to_first_token_seconds", "Time to first token", registry=REGISTRY,
                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 
+CONSTRAINED = Counter("inferbox_constrained_requests", "Requests with an output constraint, by kind: "
+                      "json_schema, json_object, regex, choice, grammar or tools", ["kind"],
+                      registry=REGISTRY)
+MASK_SECONDS = Histogram("inferbox_constraint_mask_seconds", "Time per step spent on output-constraint "
+                         "masks (filling, applying, advancing) for all of the step's constrained rows",
+                         registry=REGISTRY,
+                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
+MASK_ROWS = Counter("inferbox_constraint_mask_rows", "Constrained rows masked (divide by "
+                    "inferbox_constraint_mask_seconds_count for the mean per step)", registry=REGISTRY)
 LOADED_ADAPTERS = Gauge("inferbox_loaded_adapters", "LoRA adapters loaded in the model (named adapters, "
                         "`combined` and cached merges)", registry=REGISTRY)
 INFLIGHT = Gauge("inferbox_inflight_requests", "HTTP requests in flight (streams until their last byte)",
@@ -55,6 +64,11 @@ MODEL = Info("inferbox_model", "The served model: name and weight quantization (
              registry=REGISTRY)
 WEIGHT_BYTES = Gauge("inferbox_model_weight_bytes", "Bytes of the model's weights as stored (quantized "
                      "weights count their int8/int4 data and scales); 0 until loaded", registry=REGISTRY)
+
+
+def record_mask(rows: int, seconds: float) -> None:
+    MASK_SECONDS.observe(seconds)
+    MASK_ROWS.inc(rows)
 
 
 def describe_model(name: str, quantization: str) -> None:
