@@ -106,6 +106,6 @@ def one_of(*specs: tuple[ConstraintSpec | None, str | None]) -> tuple[Constraint
     """The one constraint given among several fields (a 400 when more than one is)."""
     given = [(s, p) for s, p in specs if s is not None]
     if len(given) > 1:
-        raise ApiError(400, f"only one output constraint per request; got {', '.join(str(p) for _, p in given)}",
-                       param=given[1][1])
+        names = ", ".join(str(p) for _, p in given)
+        raise ApiError(400, f"only one output constraint per request; got {names}", param=given[1][1])
     return given[0] if given else (None, None)

@@ -127,7 +127,8 @@ class Engine(ModelHost):
         that cannot be enforced, or when this model's tokenizer cannot take constraints."""
         self._require()
         if self.grammars is None:
-            raise InvalidConstraint(f"structured outputs are not available for this model: {self._no_grammars}")
+            raise InvalidConstraint(f"structured outputs are not available for this model: "
+                                    f"{self._no_grammars}")
         return self.grammars.compile(spec)
 
     def submit(self, request: GenerationRequest) -> None:
@@ -167,8 +168,8 @@ def _grammars(loaded: loader.LoadedModel, vocab_size: int, s: Settings) -> Gramm
     """llguidance's view of the tokenizer, built once at load (about a second)."""
     if not supported(loaded.tokenizer)[0]:
         return None
-    return Grammars(loaded.tokenizer, vocab_size, loaded.eos_token_ids,
-                    GrammarLimits(max_bytes=s.max_grammar_bytes, compile_timeout_s=s.grammar_compile_timeout_s))
+    limits = GrammarLimits(max_bytes=s.max_grammar_bytes, compile_timeout_s=s.grammar_compile_timeout_s)
+    return Grammars(loaded.tokenizer, vocab_size, loaded.eos_token_ids, limits)
 
 
 def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | None = None) -> EngineLoop:

@@ -21,7 +21,6 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from server.engine.constraint_mask import ConstraintProcessor, MaskApplier
-
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.stops import StopChecker, finish_reason, text_of
 from server.model.loader import LoadedModel
