@@ -91,12 +91,15 @@ class Engine(ModelHost):
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Apply the chat template with a generation prompt; raises ValueError for bad messages."""
+    def encode_chat(self, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Apply the chat template with a generation prompt; raises ValueError for bad messages.
+        `tools` (OpenAI function tools) go to templates that render them (server/api/tool_calls.py)."""
         tok = self.tokenizer
         if not tok.chat_template:
             raise ValueError("this model has no chat template; send `prompt` or set CHAT_TEMPLATE")
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tok.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                       tokenize=False)
         return self.encode(text, add_special_tokens=False)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True,

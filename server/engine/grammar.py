@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import llguidance
 import llguidance.hf
+from llguidance.gbnf_to_lark import any_to_lark
 
 from server.engine.errors import InvalidConstraint
 
@@ -77,12 +78,10 @@ class ConstraintSpec:
 
 def _as_lark(text: str) -> str:
     """Lark as is; GBNF (llama.cpp's `root ::= ...`) converted to Lark."""
-    if "::=" in text:
-        try:
-            return llguidance.gbnf_to_lark(text)
-        except Exception as exc:  # the converter's own parse errors
-            raise InvalidConstraint(f"invalid GBNF grammar: {exc}") from None
-    return text
+    try:
+        return any_to_lark(text)
+    except Exception as exc:  # the converter's own parse errors
+        raise InvalidConstraint(f"invalid GBNF grammar: {exc}") from None
 
 
 class Constraint:
@@ -120,6 +119,12 @@ class Grammars:
         self._lock = threading.Lock()
         # compiling drops the GIL: a pool lets the HTTP thread give up waiting after the timeout
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile")
+
+    @property
+    def cached(self) -> int:
+        """Compiled grammars held in the cache."""
+        with self._lock:
+            return len(self._cache)
 
     def compile(self, spec: ConstraintSpec) -> Constraint:
         """Compile (or take from the cache); InvalidConstraint for anything that cannot be enforced."""

@@ -167,7 +167,9 @@ def choose(logits: torch.Tensor, rows: list[RowSampler], want_logprobs: list[int
         started = time.perf_counter()
         invalid = sorted(set(invalid) - set(dead))
         for i in constrained:
-            if i not in dead and i not in invalid and not rows[i].matcher.consume_token(chosen[i]):
+            if i in dead or i in invalid or chosen[i] in rows[i].params.eos_token_ids:
+                continue  # an EOS ends the row: nothing to advance (it may be the request's own)
+            if not rows[i].matcher.consume_token(chosen[i]):
                 dead.append(i)
         mask_seconds = (mask_seconds or 0.0) + time.perf_counter() - started
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from server.config import Settings
+from server.engine.constraint_mask import MaskApplier
 from server.engine.loop import EngineLoop
 from server.engine.policy import Policy, PolicyLimits
 from server.engine.request import GenerationParams, GenerationRequest
@@ -25,10 +26,11 @@ def loaded() -> loader.LoadedModel:
 
 
 def build_loop(loaded: loader.LoadedModel, window_s: float = 0.005, batching: bool | None = None,
-               **limits) -> EngineLoop:
-    """An engine loop (not started) on the loaded model; `loop.paths` records each request's path."""
+               masks: MaskApplier | None = None, **limits) -> EngineLoop:
+    """An engine loop (not started) on the loaded model; `loop.paths` records each request's path.
+    `masks` applies output constraints (tests/engine/test_constraints.py)."""
     paths: list[str] = []
-    runner = ModelRunner(loaded)
+    runner = ModelRunner(loaded, masks)
     if batching is None:
         batching = runner.supports_batching()[0]
     policy = Policy(PolicyLimits(**limits), batching=batching, on_path=paths.append,
