@@ -24,7 +24,8 @@ def test_openai_response_format_shapes():
     ({"type": "xml"}, "response_format.type"),
     ({"type": "json_schema"}, "response_format.json_schema"),
     ({"type": "json_schema", "json_schema": {"name": "x"}}, "response_format.json_schema"),
-    ({"type": "json_schema", "json_schema": {"schema": {"type": "foo"}}}, "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"schema": {"type": "foo"}}},
+     "response_format.json_schema.schema"),
     ({"type": "json_schema", "json_schema": {"schema": []}}, "response_format.json_schema.schema"),
     ("json", "response_format"),
 ])
@@ -39,7 +40,8 @@ def test_vllm_fields():
     assert vllm_fields(structured_outputs={"regex": "a+"}) == (ConstraintSpec("regex", "a+"),
                                                               "structured_outputs.regex")
     assert vllm_fields(guided_choice=["a", "b"]) == (ConstraintSpec("choice", ["a", "b"]), "guided_choice")
-    assert vllm_fields(guided_json='{"type": "object"}')[0] == ConstraintSpec("json_schema", {"type": "object"})
+    obj = {"type": "object"}
+    assert vllm_fields(guided_json='{"type": "object"}')[0] == ConstraintSpec("json_schema", obj)
     assert vllm_fields(structured_outputs={"grammar": "start: /a/"})[0].kind == "grammar"
     with pytest.raises(ApiError, match="only one output constraint"):
         vllm_fields(structured_outputs={"regex": "a"}, guided_json=SCHEMA)
