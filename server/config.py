@@ -18,6 +18,7 @@ from server.presets import Preset, load_preset
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = "smollm2-135m-instruct"
 DEFAULT_MODEL_PATH = str(REPO_ROOT / "models" / DEFAULT_PRESET)
+DEFAULT_KERNEL_CACHE_DIR = str(Path.home() / ".cache" / "inferbox")
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODEL_KINDS = ("chat", "embedding", "handler")
@@ -57,10 +58,12 @@ class Settings:
     max_prefill_tokens: int = 4096
     batch_window_ms: float = 5.0
     prefix_cache_min_tokens: int = 16
+    speculative_ngram_tokens: int = 0  # prompt-lookup drafts per step for every request (0: off)
     max_queued_requests: int = 256
     request_timeout_s: float = 600.0
     torch_threads: int = 0
     cpu_linear: str = "auto"
+    kernel_cache_dir: str = DEFAULT_KERNEL_CACHE_DIR  # CPU_LINEAR=auto's timed choice; "off": never cached
     log_level: str = "info"
     # security and operations (README: "Security and operations")
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -166,10 +169,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "MAX_PREFILL_TOKENS": ("max_prefill_tokens", int),
     "BATCH_WINDOW_MS": ("batch_window_ms", float),
     "PREFIX_CACHE_MIN_TOKENS": ("prefix_cache_min_tokens", int),
+    "SPECULATIVE_NGRAM_TOKENS": ("speculative_ngram_tokens", int),
     "MAX_QUEUED_REQUESTS": ("max_queued_requests", int),
     "REQUEST_TIMEOUT_S": ("request_timeout_s", float),
     "TORCH_THREADS": ("torch_threads", int),
     "CPU_LINEAR": ("cpu_linear", str),
+    "KERNEL_CACHE_DIR": ("kernel_cache_dir", str),
     "LOG_LEVEL": ("log_level", str),
     "API_KEYS": ("api_keys", _csv),
     "OPEN_PATHS": ("open_paths", _csv),
@@ -267,6 +272,8 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if s.max_input_tokens < 0 or s.drain_delay_s < 0 or s.prefix_cache_min_tokens < 0:
         raise ConfigError("MAX_INPUT_TOKENS, DRAIN_DELAY_S and PREFIX_CACHE_MIN_TOKENS must not be negative")
+    if not 0 <= s.speculative_ngram_tokens <= 32:
+        raise ConfigError("SPECULATIVE_NGRAM_TOKENS must be between 0 (off) and 32")
     if s.grammar_compile_timeout_s <= 0:
         raise ConfigError("GRAMMAR_COMPILE_TIMEOUT_S must be positive")
     if s.rate_limit:

@@ -96,6 +96,12 @@ class GrowingLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self._len
 
+    def truncate(self, length: int) -> None:
+        """Forget the columns from `length` on (a speculative step's rejected tail)."""
+        self._len = min(self._len, length)
+        if self._k is not None:
+            self.keys, self.values = self._k[:, :, :self._len], self._v[:, :, :self._len]
+
 
 def new_cache(model: PreTrainedModel) -> DynamicCache:
     cache = DynamicCache(config=model.config)
@@ -163,6 +169,7 @@ class Batch:
         self.mask = mask
         self.cache = cache
         self.next_ids = next_ids
+        self._step_start = 0  # the first column of the last `verify` step
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -215,6 +222,47 @@ class Batch:
         for r in self.rows:
             r.length += 1
         return out.logits[:, -1, :]
+
+    def verify(self, model: PreTrainedModel, drafts: list[list[int]]) -> torch.Tensor:
+        """One speculative step: feed every row's newest token followed by its draft (shorter drafts
+        padded on the right, masked); return logits `[B, 1 + longest draft, V]`. `accept` then
+        keeps each row's valid columns."""
+        device = self.mask.device
+        k = max(len(d) for d in drafts)
+        ids = torch.full((len(self.rows), k + 1), 0, dtype=torch.long)
+        block = torch.zeros((len(self.rows), k + 1), dtype=self.mask.dtype)
+        ids[:, 0] = self.next_ids[:, 0].cpu()
+        for i, d in enumerate(drafts):
+            if d:
+                ids[i, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
+            block[i, :1 + len(d)] = 1
+        positions = torch.tensor([[r.length + j for j in range(k + 1)] for r in self.rows], dtype=torch.long)
+        mask = torch.cat([self.mask, block.to(device)], 1)
+        out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device),
+                    past_key_values=self.cache, use_cache=True, logits_to_keep=k + 1)
+        self._step_start = self.width
+        self.mask = mask
+        self.cache = out.past_key_values
+        return out.logits
+
+    def accept(self, kept: list[int]) -> None:
+        """After `verify`: row i keeps the first `kept[i]` columns of the step (its newest token and
+        the accepted draft); the rest are masked out, and columns no row kept are dropped, so the
+        cache holds exactly what one-token steps would have put there (a row that kept fewer than
+        another has masked columns in the middle, handled like padding)."""
+        width = int(self.mask.shape[1])
+        start = self._step_start
+        for i, (r, n) in enumerate(zip(self.rows, kept, strict=True)):
+            self.mask[i, start + n:] = 0
+            r.length += n
+        keep = start + max(kept)
+        if keep < width:
+            self.mask = self.mask[:, :keep]
+            for layer in self.cache.layers:
+                if isinstance(layer, GrowingLayer):
+                    layer.truncate(keep)
+                elif layer.keys is not None:
+                    layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
 
     def set_next(self, tokens: list[int]) -> None:
         self.next_ids = torch.tensor(tokens, dtype=torch.long, device=self.mask.device).unsqueeze(1)

@@ -47,6 +47,8 @@ class Engine(ModelHost):
         defaults = {k: v for k, v in loaded.model.generation_config.to_diff_dict().items()
                     if k not in ("transformers_version", "_from_model_config")}
         defaults.update(self.settings.generation_defaults)
+        if self.settings.speculative_ngram_tokens and "prompt_lookup_num_tokens" not in defaults:
+            defaults["prompt_lookup_num_tokens"] = self.settings.speculative_ngram_tokens
         self.limits = ModelLimits(
             context_length=loaded.context_length,
             eos_token_ids=loaded.eos_token_ids,
@@ -178,7 +180,7 @@ def _grammars(loaded: loader.LoadedModel, vocab_size: int, s: Settings) -> Gramm
 def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | None = None) -> EngineLoop:
     """The policy, the runner and the loop for a loaded model, wired to the metrics."""
     masks = MaskApplier(grammars.vocab_size, loaded.eos_token_ids) if grammars is not None else None
-    runner = ModelRunner(loaded, masks, on_mask=metrics.record_mask)
+    runner = ModelRunner(loaded, masks, on_mask=metrics.record_mask, on_draft=metrics.record_draft)
     batching, why = runner.supports_batching()
     if not batching:
         log.info("continuous batching off, every request uses exact generate: %s", why)

@@ -16,12 +16,12 @@ from server.engine.errors import InvalidParams
 from server.engine.request import GenerationParams
 
 # Options a remote client may not set: internal bookkeeping, Python objects, or assisted decoding
-# that needs a second model.
+# that needs a second model. (Prompt lookup needs none: the engine drafts from the prompt itself.)
 FORBIDDEN = {
     "_from_model_config", "transformers_version", "compile_config", "continuous_batching_config",
     "constraints", "force_words_ids", "cache_config", "is_assistant", "num_assistant_tokens",
-    "num_assistant_tokens_schedule", "assistant_confidence_threshold", "prompt_lookup_num_tokens",
-    "max_matching_ngram_size", "assistant_early_exit", "assistant_lookbehind", "target_lookbehind",
+    "num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_early_exit",
+    "assistant_lookbehind", "target_lookbehind",
     "assistant_ensemble_weight", "speculation_type", "use_mtp", "disable_compile",
     "prefill_chunk_size", "cache_implementation", "max_cache_len", "decoder_start_token_id",
     "token_healing", "guidance_scale", "low_memory",
@@ -30,6 +30,8 @@ ALLOWED = (set(GenerationConfig().to_dict()) - FORBIDDEN) | {"seed", "stop", "lo
 
 MAX_BEAMS = 16
 MAX_SEQUENCES = 16
+MAX_DRAFT_TOKENS = 32
+MAX_DRAFT_NGRAM = 8
 
 
 class _Typed(BaseModel):
@@ -85,6 +87,8 @@ class _Typed(BaseModel):
     encoder_no_repeat_ngram_size: StrictInt | None = Field(None, ge=0)
     forced_bos_token_id: StrictInt | None = None
     forced_eos_token_id: StrictInt | list[StrictInt] | None = None
+    prompt_lookup_num_tokens: StrictInt | None = Field(None, ge=0, le=MAX_DRAFT_TOKENS)
+    max_matching_ngram_size: StrictInt | None = Field(None, ge=1, le=MAX_DRAFT_NGRAM)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ _NAMED = {
     "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature",
     "top_k", "top_p", "typical_p", "min_p", "repetition_penalty", "no_repeat_ngram_size",
     "eos_token_id", "pad_token_id", "stop_strings", "stop", "seed", "num_return_sequences",
-    "logprobs", "top_logprobs", "bos_token_id",
+    "logprobs", "top_logprobs", "bos_token_id", "prompt_lookup_num_tokens", "max_matching_ngram_size",
     # these only shape generate's return value, which the engine always asks for itself
     "output_scores", "output_logits", "return_dict_in_generate", "output_attentions",
     "output_hidden_states", "use_cache",
@@ -235,6 +239,8 @@ def build_params(
         num_return_sequences=int(merged.get("num_return_sequences") or 1),
         logprobs=bool(merged.get("logprobs") or merged.get("top_logprobs")),
         top_logprobs=int(merged.get("top_logprobs") or 0),
+        draft_tokens=int(merged.get("prompt_lookup_num_tokens") or 0),
+        draft_ngram=int(merged.get("max_matching_ngram_size") or 2),
         extra=tuple(sorted(extra.items(), key=lambda kv: kv[0])),
     )
     _check_with_transformers(params)

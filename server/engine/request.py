@@ -48,6 +48,10 @@ class GenerationParams:
     num_return_sequences: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    # speculative decoding from the prompt (transformers' prompt_lookup_num_tokens and
+    # max_matching_ngram_size): tokens drafted per step (0: off) and the longest n-gram matched
+    draft_tokens: int = 0
+    draft_ngram: int = 2
     extra: tuple[tuple[str, Any], ...] = ()
 
     @property

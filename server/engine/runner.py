@@ -24,7 +24,7 @@ from server.engine.constraint_mask import MaskApplier
 from server.engine.errors import ConstraintDeadEnd, InvalidDistribution
 from server.engine.exact import generate_exact
 from server.engine.request import GenerationRequest
-from server.engine.sampling import RowSampler, choose
+from server.engine.sampling import Choice, RowSampler, choose
 from server.engine.step import PrefixKey, Sampled, Sequence, StepOutput, StepPlan
 from server.model.loader import LoadedModel
 
@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, masks: MaskApplier | None = None,
-                 on_mask: Callable[[int, float], None] | None = None) -> None:
+                 on_mask: Callable[[int, float], None] | None = None,
+                 on_draft: Callable[[int, int], None] | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.masks = masks  # constraint masks (None: the tokenizer does not support constraints)
         self.on_mask = on_mask  # metrics hook: (constrained rows, seconds) per step that masked
+        self.on_draft = on_draft  # metrics hook: (drafted, accepted) tokens per speculative step
         self._batch: Batch | None = None
         self._fresh: Batch | None = None  # prefilled in the last step; merged at the next one
         self._prefixes: dict[PrefixKey, Prefix] = {}
@@ -108,9 +110,16 @@ class ModelRunner:
         if not batch:
             return
         try:
+            drafts = [r.sampler.draft() for r in batch.rows]
             with self.loaded.exclusive(), use_adapters([r.request.adapter_key for r in batch.rows]):
-                logits = batch.decode(self.model)
-            self._sample(batch, logits, out)
+                if any(drafts):
+                    logits = batch.verify(self.model, drafts)
+                else:
+                    logits = batch.decode(self.model)
+            if logits.dim() == 3:
+                self._sample_drafted(batch, logits, drafts, out)
+            else:
+                self._sample(batch, logits, out)
         except Exception as exc:  # fail this step's rows; keep serving the queue
             log.exception("decode step failed for %d row(s)", len(batch))
             _fail(out, batch.rows, exc)
@@ -149,8 +158,9 @@ class ModelRunner:
                   for n in range(len(per[adapters[0]].layers))]
         return Prefix(ids, layers)  # type: ignore[arg-type]
 
-    def _sample(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
-        """Choose one token per row; a row whose distribution broke fails its request alone."""
+    def _choose(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> tuple[Choice, set[int]]:
+        """One token per row from `logits [B, V]`; the requests whose row failed (a broken
+        distribution, a constraint with no way on) are reported, and their ids returned."""
         rows = batch.rows
         want = [r.request.params.top_logprobs if r.request.params.logprobs else -1 for r in rows]
         choice = choose(logits, [r.sampler for r in rows], want, self.masks)
@@ -161,6 +171,12 @@ class ModelRunner:
         out.failed.extend((req, InvalidDistribution()) for req in broken)
         dead = _distinct(rows[i].request for i in choice.dead_ends)
         out.failed.extend((req, ConstraintDeadEnd()) for req in dead)
+        return choice, bad
+
+    def _sample(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
+        """Choose one token per row; a row whose distribution broke fails its request alone."""
+        rows = batch.rows
+        choice, bad = self._choose(batch, logits, out)
         for i, row in enumerate(rows):
             if id(row.request) in bad:
                 continue
@@ -168,6 +184,49 @@ class ModelRunner:
             row.sampler.append(token)
             out.sampled.append(Sampled(row.seq, token, choice.logprobs[i], choice.top_logprobs[i]))
         batch.set_next(choice.tokens)
+        if bad:
+            batch.filter([i for i, r in enumerate(rows) if id(r.request) not in bad])
+
+    def _sample_drafted(self, batch: Batch, logits: torch.Tensor, drafts: list[list[int]],
+                        out: StepOutput) -> None:
+        """After a verify step (`logits [B, 1 + k, V]`): every row's first token as in `_sample`;
+        then a drafting row goes on while its greedy choice equals its draft, taking the model's
+        token after the last match too. Tokens go to the policy one by one, as single steps would."""
+        rows = batch.rows
+        choice, bad = self._choose(batch, logits[:, 0], out)
+        greedy = logits[:, 1:].float().argmax(dim=-1).tolist() if logits.shape[1] > 1 else []
+        kept, last = [], []
+        drafted = accepted = 0
+        for i, row in enumerate(rows):
+            token = choice.tokens[i]
+            tokens = [token]
+            draft = drafts[i]
+            if id(row.request) not in bad:
+                sampler = row.sampler
+                sampler.append(token)
+                eos = row.request.params.eos_token_ids
+                m = 0
+                while m < len(draft) and tokens[-1] == draft[m] and tokens[-1] not in eos:
+                    if sampler.needs_processing:  # history-dependent processors see each token
+                        scores = logits[i, m + 1].float().clone()
+                        sampler.process(scores)
+                        nxt = int(scores.argmax())
+                    else:
+                        nxt = greedy[i][m]
+                    sampler.append(nxt)
+                    tokens.append(nxt)
+                    m += 1
+                if draft and sampler.drafter is not None:
+                    sampler.drafter.feedback(len(draft), m)
+                drafted, accepted = drafted + len(draft), accepted + m
+                out.sampled.append(Sampled(row.seq, token, choice.logprobs[i], choice.top_logprobs[i]))
+                out.sampled.extend(Sampled(row.seq, t) for t in tokens[1:])
+            kept.append(len(tokens))
+            last.append(tokens[-1])
+        batch.accept(kept)
+        batch.set_next(last)
+        if self.on_draft is not None:
+            self.on_draft(drafted, accepted)
         if bad:
             batch.filter([i for i, r in enumerate(rows) if id(r.request) not in bad])
 

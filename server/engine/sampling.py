@@ -28,6 +28,7 @@ from transformers.generation.logits_process import (
 
 from server.engine.constraint_mask import MaskApplier
 from server.engine.request import GenerationParams
+from server.engine.speculative import NgramDrafter
 
 WarperKey = tuple[float, int, float, float, float]
 
@@ -53,7 +54,7 @@ class RowSampler:
     """One sequence's sampling state: parameters, token history, n-gram table, generator."""
 
     __slots__ = ("params", "history", "generated", "generator", "_ngrams", "_eos", "warper_key",
-                 "needs_processing", "matcher")
+                 "needs_processing", "matcher", "drafter")
 
     def __init__(self, params: GenerationParams, prompt_ids: list[int], index: int,
                  device: torch.device, matcher: llguidance.LLMatcher | None = None) -> None:
@@ -79,11 +80,17 @@ class RowSampler:
                                       params.typical_p)
         self.needs_processing = (params.repetition_penalty != 1.0 or n > 0
                                  or (params.min_new_tokens > 0 and bool(self._eos)))
+        # speculative decoding (speculative.py): greedy rows with no per-position mask or logprobs
+        drafts = (params.draft_tokens > 0 and not params.do_sample and matcher is None
+                  and not params.logprobs)
+        self.drafter = NgramDrafter(self.history, params.draft_tokens, params.draft_ngram) if drafts else None
 
     def append(self, token: int) -> None:
         n = self.params.no_repeat_ngram_size
         self.history.append(token)
         self.generated += 1
+        if self.drafter is not None:
+            self.drafter.append(token)
         if self._ngrams is not None and len(self.history) >= n:
             self._ngrams[tuple(self.history[len(self.history) - n:-1])].add(token)
 
@@ -104,6 +111,14 @@ class RowSampler:
         # a constraint decides where its output may end (banning EOS could leave no token at all)
         if self.generated < p.min_new_tokens and self._eos and self.matcher is None:
             scores[self._eos] = -float("inf")
+
+
+    def draft(self) -> list[int]:
+        """Tokens proposed to follow this row's newest token (none past its token limit: the
+        verify step adds one token of its own)."""
+        if self.drafter is None:
+            return []
+        return self.drafter.draft(self.params.max_new_tokens - self.generated - 1)
 
 
 @dataclass

@@ -55,6 +55,10 @@ MASK_SECONDS = Histogram("inferbox_constraint_mask_seconds", "Time per step spen
                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
 MASK_ROWS = Counter("inferbox_constraint_mask_rows", "Constrained rows masked (divide by "
                     "inferbox_constraint_mask_seconds_count for the mean per step)", registry=REGISTRY)
+DRAFTED = Counter("inferbox_speculative_drafted_tokens", "Tokens proposed by prompt-lookup drafts "
+                  "(speculative decoding)", registry=REGISTRY)
+ACCEPTED = Counter("inferbox_speculative_accepted_tokens", "Drafted tokens the model's own greedy choice "
+                   "confirmed (divide by drafted for the acceptance rate)", registry=REGISTRY)
 LOADED_ADAPTERS = Gauge("inferbox_loaded_adapters", "LoRA adapters loaded in the model (named adapters, "
                         "`combined` and cached merges)", registry=REGISTRY)
 INFLIGHT = Gauge("inferbox_inflight_requests", "HTTP requests in flight (streams until their last byte)",
@@ -69,6 +73,11 @@ WEIGHT_BYTES = Gauge("inferbox_model_weight_bytes", "Bytes of the model's weight
 def record_mask(rows: int, seconds: float) -> None:
     MASK_SECONDS.observe(seconds)
     MASK_ROWS.inc(rows)
+
+
+def record_draft(drafted: int, accepted: int) -> None:
+    DRAFTED.inc(drafted)
+    ACCEPTED.inc(accepted)
 
 
 def describe_model(name: str, quantization: str) -> None:
