@@ -43,6 +43,9 @@ def test_preset_then_environment() -> None:
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
         ({"CPU_LINEAR": "mkl"}, "CPU_LINEAR"),
         ({"PREFIX_CACHE_MIN_TOKENS": "-1"}, "PREFIX_CACHE_MIN_TOKENS"),
+        ({"SPECULATIVE_NGRAM_TOKENS": "33"}, "SPECULATIVE_NGRAM_TOKENS"),
+        ({"MAX_GRAMMAR_BYTES": "0"}, "MAX_GRAMMAR_BYTES"),
+        ({"GRAMMAR_COMPILE_TIMEOUT_S": "0"}, "GRAMMAR_COMPILE_TIMEOUT_S"),
         ({"PRESET": "no-such-model"}, "unknown preset"),
     ],
 )

@@ -84,3 +84,19 @@ def test_invalid_values_name_the_field(kwargs: dict, needle: str) -> None:
 def test_not_a_dict() -> None:
     with pytest.raises(InvalidParams):
         build_params([], 5, LIMITS)  # type: ignore[arg-type]
+
+
+def test_prompt_lookup_is_the_engines_own_speculative_decoding() -> None:
+    p = build_params({"prompt_lookup_num_tokens": 6, "max_matching_ngram_size": 3, "max_new_tokens": 5},
+                     5, LIMITS)
+    assert (p.draft_tokens, p.draft_ngram) == (6, 3)
+    assert "prompt_lookup_num_tokens" not in p.generate_kwargs()  # the exact lane decodes as usual
+    assert build_params({"max_new_tokens": 5}, 5, LIMITS).draft_tokens == 0
+    server_default = ModelLimits(100, (2,), 2, 1000, {"prompt_lookup_num_tokens": 8})
+    assert build_params({"max_new_tokens": 5}, 5, server_default).draft_tokens == 8
+    off = build_params({"max_new_tokens": 5, "prompt_lookup_num_tokens": 0}, 5, server_default)
+    assert off.draft_tokens == 0
+    for bad in ({"prompt_lookup_num_tokens": 33}, {"prompt_lookup_num_tokens": -1},
+                {"max_matching_ngram_size": 0}, {"prompt_lookup_num_tokens": "8"}):
+        with pytest.raises(InvalidParams):
+            build_params({**bad, "max_new_tokens": 5}, 5, LIMITS)
