@@ -86,7 +86,8 @@ def draft_counters(url: str) -> tuple[float, float]:
     """(drafted, accepted) tokens so far, from /metrics."""
     names = ("inferbox_speculative_drafted_tokens_total", "inferbox_speculative_accepted_tokens_total")
     values = dict.fromkeys(names, 0.0)
-    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=30).text):
+    text = requests.get(url + "/metrics", headers={"Accept": "text/plain"}, timeout=30).text
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in values:
                 values[sample.name] = sample.value
