@@ -17,6 +17,7 @@ from server.api.errors import ApiError
 from server.engine.detokenize import IncrementalDetokenizer
 from server.engine.engine import Engine
 from server.engine.errors import EngineTimeout, EngineUnavailable, InvalidParams, QueueFull, StreamError
+from server.engine.grammar import Constraint
 from server.engine.params import build_params
 from server.engine.request import (
     FinishEvent,
@@ -61,13 +62,15 @@ def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
 
 
 def new_request(engine: Engine, input_ids: list[int], params: GenerationParams,
-                adapter: AdapterRef | None = None) -> GenerationRequest:
-    """`adapter`: what the client named (server/api/adapters.py); None = DEFAULT_ADAPTER."""
+                adapter: AdapterRef | None = None, constraint: Constraint | None = None) -> GenerationRequest:
+    """`adapter`: what the client named (server/api/adapters.py); None = DEFAULT_ADAPTER.
+    `constraint`: what the output must match, compiled on this thread (server/api/structured.py)."""
     deadline = time.monotonic() + engine.settings.request_timeout_s
     usage = access_log.usage()
     if usage is not None:
         usage.prompt_tokens += len(input_ids)
-    return GenerationRequest(input_ids=input_ids, params=params, adapter=adapter, deadline=deadline)
+    return GenerationRequest(input_ids=input_ids, params=params, adapter=adapter, deadline=deadline,
+                             constraint=constraint)
 
 
 def _account(request: GenerationRequest, completion_tokens: int) -> None:

@@ -3,7 +3,9 @@
 `/chat` takes `prompt` (text generation on the raw prompt) or `messages` (the chat template; the
 answer is the assistant's reply only) and any `GenerationConfig` field in `generate_kwargs`, with
 Kaito's defaults where the client gives none. A top-level `adapter` (an inferbox extension)
-names the LoRA adapter; without it the server's DEFAULT_ADAPTER answers, as under Kaito.
+names the LoRA adapter; without it the server's DEFAULT_ADAPTER answers, as under Kaito. A top-level
+`response_format` (also an extension, shaped as OpenAI's: `json_object`, or `json_schema` with a
+schema) constrains the output; one that cannot be enforced is a 400 `{"detail": ...}`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from flask import Response, jsonify, request
 
 from server import ui
-from server.api import adapters, engine_calls
+from server.api import adapters, engine_calls, structured
 from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.api.kaito_protocol import KAITO_DEFAULTS, ChatRequest
@@ -81,7 +83,9 @@ def chat() -> Response:
         raise ApiError(400, "request needs either `prompt` (text generation) or `messages` (chat)")
     if body.prompt is not None and body.messages is not None:
         raise ApiError(400, "send either `prompt` or `messages`, not both")
+    spec = structured.openai_response_format(body.response_format)
     engine_calls.require_ready(engine)
+    constraint = structured.compile_constraint(engine, spec, "response_format")
 
     chat_mode = body.messages is not None
     with tokenizing():
@@ -99,7 +103,7 @@ def chat() -> Response:
         if keep > 0:
             input_ids = input_ids[-keep:]
     params = dialect.params(engine, kwargs, len(input_ids))
-    req = engine_calls.new_request(engine, input_ids, params, adapters.named(body.adapter))
+    req = engine_calls.new_request(engine, input_ids, params, adapters.named(body.adapter), constraint)
     prefix_text = "" if chat_mode or not body.return_full_text else (body.prompt or "")
     cleanup = body.clean_up_tokenization_spaces
 

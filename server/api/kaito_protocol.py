@@ -44,3 +44,7 @@ class ChatRequest(BaseModel):
     stream: StrictBool = False
     adapter: str | None = Field(None, description="inferbox extension: the LoRA adapter to use (a name, "
                                 "`base` or `combined`); absent = DEFAULT_ADAPTER.")
+    response_format: dict[str, Any] | None = Field(
+        None, description="inferbox extension: structured output, shaped as OpenAI's `response_format` "
+        "({\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"name\", "
+        "\"schema\"}}); enforced, or refused with a 400.")

@@ -7,8 +7,10 @@ Mappings (README "API dialects" has the table):
   EOS token or a stop string, "length" for the token limit.
 - Sampling follows OpenAI's defaults (temperature 1, top_p 1, no top-k) over the model's own
   generation config; temperature 0 or top_p 0 decode greedily.
-- `presence_penalty`/`frequency_penalty` other than 0, `logit_bias`, tools, non-text content and
-  `suffix` are rejected with a 400 naming the field: transformers has no exact equivalent.
+- `presence_penalty`/`frequency_penalty` other than 0, `logit_bias`, non-text content and `suffix`
+  are rejected with a 400 naming the field: transformers has no exact equivalent.
+- `response_format`, vLLM's `structured_outputs` / `guided_*` and `tools` are enforced as one output
+  constraint, or refused with a 400 (server/api/openai_tools.py, tool_calls.py).
 - `model` names a LoRA adapter (server/api/adapters.py): the served name or "base" is the base
   model, an adapter's name that adapter (404 `model_not_found` when there is none); a server with
   no adapter accepts any `model` (clients often hard-code one). Answers name what served them.
@@ -23,13 +25,16 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 from pydantic import ValidationError
 
-from server.api import adapters, engine_calls
+from server.api import adapters, engine_calls, structured
 from server.api.dialect import Dialect, current_engine, tokenizing
 from server.api.errors import ApiError
 from server.api.openai_logprobs import chat_logprobs, keep_best, legacy_logprobs, visible_tokens
 from server.api.openai_protocol import MAX_STOP, ChatCompletionRequest, CompletionRequest
 from server.api.openai_streams import FINGERPRINT, Chunk, chat_stream, completion_stream, finish_reason, usage
+from server.api.openai_tools import answer, chat_spec, completion_spec, message_dicts
+from server.api.tool_calls import Tool, chat_messages, template_text
 from server.engine.engine import Engine
+from server.engine.grammar import Constraint
 from server.engine.request import GenerationRequest
 from server.observability import metrics
 
@@ -115,12 +120,6 @@ def _reject_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None
         if body.suffix:
             raise ApiError(400, "suffix is not supported by this server", param="suffix")
         return
-    if body.tools:
-        raise ApiError(400, "tools are not supported by this server", param="tools")
-    if body.tool_choice not in (None, "none", "auto"):
-        raise ApiError(400, "tool_choice is not supported by this server", param="tool_choice")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise ApiError(400, "response_format other than text is not supported", param="response_format")
     if body.top_logprobs and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
 
@@ -158,9 +157,10 @@ def _kwargs(body: Any, max_tokens: int | None) -> dict[str, Any]:
 
 
 def _requests(engine: Engine, prompts: list[list[int]], kw: dict[str, Any], count: int,
-              seed: int | None, model: str | None) -> list[GenerationRequest]:
+              seed: int | None, model: str | None,
+              constraint: Constraint | None = None) -> list[GenerationRequest]:
     """`count` requests per prompt (choice i of a prompt seeded with seed + i), on the adapter
-    `model` names."""
+    `model` names, each under `constraint` (a fresh matcher per sequence)."""
     limits = engine.limits
     adapter = adapters.for_model(engine, model, _served_name())
     out = []
@@ -174,7 +174,7 @@ def _requests(engine: Engine, prompts: list[list[int]], kw: dict[str, Any], coun
             if seed is not None:
                 kwargs["seed"] = (seed + i) % (2**63)
             params = dialect.params(engine, kwargs, len(ids))
-            out.append(engine_calls.new_request(engine, ids, params, adapter))
+            out.append(engine_calls.new_request(engine, ids, params, adapter, constraint))
     return out
 
 
@@ -186,18 +186,11 @@ def answered_by(req: GenerationRequest) -> str:
     return _served_name()
 
 
-def _chat_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
-    messages = []
-    for m in body.messages:
-        content = m.content if isinstance(m.content, str) or m.content is None else \
-            "".join(p.text for p in m.content)
-        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
-                               "content": content or ""}
-        if m.name:
-            msg["name"] = m.name
-        messages.append(msg)
+def _chat_ids(engine: Engine, body: ChatCompletionRequest, tools: list[Tool]) -> list[int]:
+    """The prompt: messages (tool calls and results included) and tools through the chat template."""
+    messages, tools_kw = chat_messages(message_dicts(body.messages), tools, template_text(engine.tokenizer))
     with tokenizing(param="messages"):
-        return engine.encode_chat(messages)
+        return engine.encode_chat(messages, tools_kw)
 
 
 # ---------------------------------------------------------------- /v1/chat/completions
@@ -207,20 +200,22 @@ def chat_completions() -> Response:
     engine = current_engine()
     body: ChatCompletionRequest = dialect.read(ChatCompletionRequest)
     _reject_unsupported(body)
+    spec, param, tools = chat_spec(body)
     engine_calls.require_ready(engine)
-    ids = _chat_ids(engine, body)
+    constraint = structured.compile_constraint(engine, spec, param)
+    ids = _chat_ids(engine, body, tools)
     kw = _kwargs(body, body.max_completion_tokens or body.max_tokens)
     if body.logprobs:
         kw["logprobs"] = True
         kw["top_logprobs"] = body.top_logprobs or 0
     n = body.n or 1
-    reqs = _requests(engine, [ids], kw, n, body.seed, body.model)
+    reqs = _requests(engine, [ids], kw, n, body.seed, body.model, constraint)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     name = answered_by(reqs[0])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream:
         chunk = Chunk(rid, "chat.completion.chunk", name, include_usage)
-        return chat_stream(engine, reqs, chunk, bool(body.logprobs))
+        return chat_stream(engine, reqs, chunk, bool(body.logprobs), bool(tools))
 
     results = engine_calls.run_many(engine, reqs)
     choices = []
@@ -235,8 +230,8 @@ def chat_completions() -> Response:
             k = visible_tokens(engine, seq.token_ids, len(text))
             logprobs = {"content": chat_logprobs(engine, seq.token_ids[:k], seq.logprobs[:k],
                                                  seq.top_logprobs[:k] if body.top_logprobs else None)}
-        choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                        "logprobs": logprobs, "finish_reason": finish_reason(reason)})
+        message, reason = answer(text, finish_reason(reason), bool(tools))
+        choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reason})
     metrics.record_tokens(len(ids), completion_tokens)
     return jsonify({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": name,
                     "system_fingerprint": FINGERPRINT, "choices": choices,
@@ -272,6 +267,7 @@ def completions() -> Response:
     engine = current_engine()
     body: CompletionRequest = dialect.read(CompletionRequest)
     _reject_unsupported(body)
+    spec, param = completion_spec(body)
     n = body.n or 1
     best_of = body.best_of or n
     if best_of < n:
@@ -279,6 +275,7 @@ def completions() -> Response:
     if body.stream and best_of > n:
         raise ApiError(400, "best_of > n cannot be streamed", param="best_of")
     engine_calls.require_ready(engine)
+    constraint = structured.compile_constraint(engine, spec, param)
     prompt_ids, prompt_texts = _completion_prompts(engine, body.prompt)
     kw = _kwargs(body, body.max_tokens or COMPLETIONS_MAX_TOKENS)
     if body.logprobs is not None:
@@ -286,7 +283,7 @@ def completions() -> Response:
         kw["top_logprobs"] = body.logprobs
     elif best_of > n:
         kw["logprobs"] = True
-    reqs = _requests(engine, prompt_ids, kw, best_of, body.seed, body.model)
+    reqs = _requests(engine, prompt_ids, kw, best_of, body.seed, body.model, constraint)
     rid = f"cmpl-{uuid.uuid4().hex}"
     name = answered_by(reqs[0])
     echo = bool(body.echo)

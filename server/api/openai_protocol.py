@@ -1,8 +1,9 @@
 """OpenAI wire types (requests validated by pydantic; responses documented for /openapi.json).
 
 Unknown request fields are ignored, as vLLM and TGI do, so that clients sending newer fields keep
-working; fields we cannot honour (tools, non-text content, penalties, logit_bias...) are rejected with
-a 400 by the translation in openai.py, never silently dropped.
+working; fields we cannot honour (non-text content, penalties, logit_bias...) are rejected with a 400
+by the translation in openai.py, never silently dropped. Output constraints (`response_format`,
+vLLM's `structured_outputs` / `guided_*`, `tools`) are enforced (server/api/openai_tools.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ Stop = StopString | list[StopString] | None
 # What /openapi.json advertises for fields whose only supported value is "off" (the handler rejects
 # the rest with a clearer message than a schema error).
 ZERO = {"minimum": 0, "maximum": 0}
+RESPONSE_FORMAT: dict[str, Any] = {"required": ["type"], "properties": {
+    "type": {"enum": ["text", "json_object", "json_schema"]},
+    "json_schema": {"type": "object", "required": ["schema"], "properties": {
+        "name": {"type": "string"}, "schema": {"type": "object"}, "strict": {"type": ["boolean", "null"]}}}}}
+FUNCTION_TOOL: dict[str, Any] = {"type": "object", "required": ["type", "function"], "properties": {
+    "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "description": {"type": "string"},
+        "parameters": {"type": "object"}, "strict": {"type": ["boolean", "null"]}}}}}
+TOOL_CHOICE: dict[str, Any] = {"anyOf": [
+    {"enum": ["none", "auto", "required"]},
+    {"type": "object", "required": ["type", "function"], "properties": {
+        "type": {"const": "function"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+    {"type": "null"}]}
 
 
 class StreamOptions(BaseModel):
@@ -58,6 +74,19 @@ class _Sampling(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
     min_tokens: StrictInt | None = Field(None, ge=0)
+    # structured outputs (server/api/structured.py): one constraint per request, enforced or a 400
+    response_format: dict[str, Any] | None = Field(
+        None, description="{\"type\": \"text\" | \"json_object\"} or {\"type\": \"json_schema\", "
+        "\"json_schema\": {\"name\", \"schema\", \"strict\"}}; enforced.", json_schema_extra=RESPONSE_FORMAT)
+    structured_outputs: dict[str, Any] | None = Field(
+        None, description="vLLM's: one of json (a schema), regex, choice, grammar (Lark or GBNF); enforced.",
+        json_schema_extra={"maxProperties": 1, "properties": {
+            "json": {"type": ["object", "string"]}, "regex": {"type": "string"},
+            "choice": {"type": "array", "items": {"type": "string"}}, "grammar": {"type": "string"}}})
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM's older structured_outputs.")
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class TextPart(BaseModel):
@@ -67,12 +96,31 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str
+    arguments: str = Field(description="JSON text, as the answer gave it.")
+
+
+class ToolCallIn(BaseModel):
+    """An earlier answer's call, sent back in the history."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, description="An assistant message's calls.")
+    tool_call_id: str | None = Field(None, description="Which call a `tool` message answers.")
 
 
 class ChatCompletionRequest(_Sampling):
@@ -81,13 +129,13 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool | None = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.",
-                                               json_schema_extra={"maxItems": 0})
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only \"none\" or \"auto\".",
-                                                     json_schema_extra={"enum": ["none", "auto", None]})
-    response_format: dict[str, Any] | None = Field(
-        None, description="Only {\"type\": \"text\"}.",
-        json_schema_extra={"properties": {"type": {"const": "text"}}})
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Function tools; a call's arguments follow the tool's `parameters` schema.",
+        json_schema_extra={"items": FUNCTION_TOOL})
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="none, auto (the default with tools: text or calls), required, or a named "
+        "function; required and named are enforced by a grammar.", json_schema_extra=TOOL_CHOICE)
+    parallel_tool_calls: StrictBool | None = Field(None, description="Default true: calls may follow calls.")
 
 
 class CompletionRequest(_Sampling):
@@ -123,15 +171,27 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChoiceLogprobs | None
 
 

@@ -13,7 +13,9 @@ from flask import Response
 from server.api import engine_calls
 from server.api.errors import ApiError
 from server.api.openai_logprobs import ChoiceState, chat_logprobs, legacy_logprobs
+from server.api.openai_tools import finish_with_calls, stream_deltas
 from server.api.streaming import sse, sse_response
+from server.api.tool_calls import ToolCallStream
 from server.engine.engine import Engine
 from server.engine.request import GenerationRequest
 from server.observability import metrics
@@ -48,9 +50,11 @@ class Chunk:
         return sse(data)
 
 
-def chat_stream(engine: Engine, reqs: list[GenerationRequest], chunk: Chunk, want_logprobs: bool) -> Response:
+def chat_stream(engine: Engine, reqs: list[GenerationRequest], chunk: Chunk, want_logprobs: bool,
+                with_tools: bool = False) -> Response:
     """Chat chunks: a role chunk per choice, then content deltas (with chat logprobs), then each
-    choice's finish chunk."""
+    choice's finish chunk. `with_tools`: calls are parsed out of the text as it comes
+    (server/api/tool_stream.py) and sent as `tool_calls` deltas."""
     deltas = engine_calls.stream_many(engine, reqs)
     special = set(engine.tokenizer.all_special_ids)
 
@@ -62,6 +66,13 @@ def chat_stream(engine: Engine, reqs: list[GenerationRequest], chunk: Chunk, wan
         return {"content": chat_logprobs(engine, ids, lps, tops if want_top else None)}
 
     states = [ChoiceState() for _ in reqs]
+    parsers = [ToolCallStream() for _ in reqs] if with_tools else None
+
+    def delta_dicts(i: int, d: engine_calls.TextDelta) -> list[dict[str, Any]]:
+        if parsers is None:
+            return [{"role": "assistant", "content": d.text, "tool_calls": None}] if d.text else []
+        events = parsers[i].feed(d.text) + (parsers[i].finish() if d.finish_reason else [])
+        return stream_deltas(events)
 
     def chunks() -> Iterator[str]:
         for i in range(len(reqs)):
@@ -70,13 +81,16 @@ def chat_stream(engine: Engine, reqs: list[GenerationRequest], chunk: Chunk, wan
         for i, d in deltas:
             states[i].add(d)
             lp = logprobs_of(i, states[i], bool(d.finish_reason))
-            if d.text or (lp and lp["content"]):
-                delta = {"role": "assistant", "content": d.text, "tool_calls": None}
-                yield chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}])
+            found = delta_dicts(i, d)
+            if not found and lp and lp["content"]:
+                found = [{"role": "assistant", "content": None if parsers else "", "tool_calls": None}]
+            for k, delta in enumerate(found):  # the token's logprobs ride on its first chunk
+                yield chunk([{"index": i, "delta": delta, "logprobs": lp if k == 0 else None,
+                              "finish_reason": None}])
             if d.finish_reason:
                 delta = {"role": "assistant", "content": None, "tool_calls": None}
-                yield chunk([{"index": i, "delta": delta, "logprobs": None,
-                              "finish_reason": finish_reason(d.finish_reason)}])
+                reason = finish_with_calls(finish_reason(d.finish_reason), bool(parsers and parsers[i].calls))
+                yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}])
 
     return _stream(chunks(), deltas, states, reqs[0].prompt_tokens, chunk)
 

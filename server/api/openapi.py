@@ -78,16 +78,20 @@ def _exactly_one_of_prompt_and_messages(schemas: dict[str, Any], ref: dict[str, 
 
 
 def _text_only_responses_input(schemas: dict[str, Any], ref: dict[str, Any]) -> None:
-    """Advertise only what /v1/responses serves: message items with text parts (the models also let
-    other items and parts through, so the handler can name them in a 400)."""
+    """Advertise only what /v1/responses serves: message, function_call and function_call_output
+    items with text parts (the models also let other items and parts through, so the handler can
+    name them in a 400)."""
     body = schemas[ref["$ref"].rsplit("/", 1)[-1]]
-    message, part = _REF.format(model="InputMessage"), _REF.format(model="InputTextPart")
+    part = _REF.format(model="InputTextPart")
+    kinds = [{"$ref": _REF.format(model=m)}
+             for m in ("InputMessage", "FunctionCallItem", "FunctionCallOutputItem")]
     for branch in body["properties"]["input"]["anyOf"]:
         if branch.get("type") == "array":
-            branch["items"] = {"$ref": message}
-    for branch in schemas["InputMessage"]["properties"]["content"]["anyOf"]:
-        if branch.get("type") == "array":
-            branch["items"] = {"$ref": part}
+            branch["items"] = {"anyOf": kinds}
+    for model, field in (("InputMessage", "content"), ("FunctionCallOutputItem", "output")):
+        for branch in schemas[model]["properties"][field]["anyOf"]:
+            if branch.get("type") == "array":
+                branch["items"] = {"$ref": part}
     schemas.pop("UnsupportedItem", None)
     schemas.pop("UnsupportedPart", None)
 

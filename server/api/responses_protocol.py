@@ -1,9 +1,10 @@
 """OpenAI Responses API wire types (`POST /v1/responses`), as the `openai` SDK sends and parses them.
 
 Requests are validated by pydantic; unknown fields are ignored (as in openai_protocol.py). Fields
-this server cannot honour (tools, stored responses, background runs, non-text input, structured
-output) are let through by the models and refused with a 400 naming the field by responses.py, so
-the message says why; /openapi.json leaves them out of the schema.
+this server cannot honour (stored responses, background runs, non-text input, tools other than
+functions) are let through by the models and refused with a 400 naming the field by responses.py, so
+the message says why; /openapi.json leaves them out of the schema. `text.format`, `tools` and
+`tool_choice` are read by responses_items.py, which names the bad part in its 400.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, St
 
 # What /openapi.json advertises for fields whose only supported value is "absent"
 NULL_ONLY = {"type": "null"}
+FUNCTION_TOOL: dict[str, Any] = {
+    "type": "object", "required": ["type", "name"],
+    "properties": {"type": {"const": "function"}, "name": {"type": "string"},
+                   "description": {"type": "string"}, "parameters": {"type": "object"},
+                   "strict": {"type": ["boolean", "null"]}}}
+TOOL_CHOICE: dict[str, Any] = {"anyOf": [
+    {"enum": ["none", "auto", "required"]},
+    {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"},
+                                                                 "name": {"type": "string"}}},
+    {"type": "null"}]}
 
 
 class _Strict(BaseModel):
@@ -42,25 +53,58 @@ class InputMessage(_Strict):
     content: str | list[ContentPart]
 
 
+class FunctionCallItem(_Strict):
+    """A call the model made earlier, sent back in the history (as the SDK echoes output items)."""
+
+    type: Literal["function_call"]
+    call_id: Annotated[str, Field(min_length=1)]
+    name: str
+    arguments: str = Field(..., description="The arguments as JSON text.")
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Strict):
+    """The result of a call: rendered as a `tool` message for the call with this `call_id`."""
+
+    type: Literal["function_call_output"]
+    call_id: Annotated[str, Field(min_length=1)]
+    output: str | list[ContentPart] = Field(..., description="Text, or input_text parts.")
+    id: str | None = None
+    status: str | None = None
+
+
 class UnsupportedItem(BaseModel):
-    """Any input item that is not a message (function calls, reasoning, item references)."""
+    """Any other input item (reasoning, item references, hosted tools' calls): refused by name."""
 
     model_config = ConfigDict(extra="allow")
 
     type: str
 
 
+_KINDS = ("message", "function_call", "function_call_output")
+
+
 def _item_kind(value: Any) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
-    return "message" if kind == "message" else "other"
+    return kind if kind in _KINDS else "other"
 
 
-InputItem = Annotated[Annotated[InputMessage, Tag("message")] | Annotated[UnsupportedItem, Tag("other")],
-                      Discriminator(_item_kind)]
+InputItem = Annotated[Annotated[InputMessage, Tag("message")]
+                      | Annotated[FunctionCallItem, Tag("function_call")]
+                      | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+                      | Annotated[UnsupportedItem, Tag("other")], Discriminator(_item_kind)]
 
 
 class TextFormat(_Strict):
-    type: str = Field("text", description="Only \"text\".", json_schema_extra={"const": "text"})
+    """`text`, `json_object`, or `json_schema` (flat: name, schema and strict beside `type`)."""
+
+    type: str = Field("text", json_schema_extra={"enum": ["text", "json_object", "json_schema"]})
+    name: str | None = None
+    description: str | None = None
+    schema_: Any = Field(None, alias="schema", description="The JSON schema (json_schema only).",
+                         json_schema_extra={"type": ["object", "null"]})
+    strict: StrictBool | None = None
 
 
 class TextConfig(_Strict):
@@ -77,7 +121,8 @@ class ResponsesRequest(_Strict):
     model: str | None = Field(None, description="The served model (or `base`), or a LoRA adapter's name; "
                               "with no adapter any name is accepted.")
     input: Annotated[str, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1)] = Field(
-        ..., description="A user message, or a list of messages (system, developer, user, assistant).")
+        ..., description="A user message, or a list of messages (system, developer, user, assistant), "
+                        "function_call items and their function_call_output.")
     instructions: str | None = Field(None, description="A system message placed before `input`.")
     max_output_tokens: StrictInt | None = Field(None, ge=1, description="Default: the rest of the context.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
@@ -91,10 +136,12 @@ class ResponsesRequest(_Strict):
     truncation: Literal["auto", "disabled"] | None = None
     parallel_tool_calls: StrictBool | None = None
     include: list[str] | None = Field(None, description="No logprobs; other values are ignored.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.",
-                                               json_schema_extra={"maxItems": 0})
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only \"none\" or \"auto\".",
-                                                     json_schema_extra={"enum": ["none", "auto", None]})
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Function tools {type: function, name, description, parameters, strict}.",
+        json_schema_extra={"items": FUNCTION_TOOL})
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="none, auto (the default with tools), required, or {type: function, name}.",
+        json_schema_extra=TOOL_CHOICE)
     previous_response_id: str | None = Field(
         None, description="Not supported (nothing is stored): send the conversation in `input`.",
         json_schema_extra=NULL_ONLY)
@@ -123,8 +170,8 @@ def describe(exc: ValidationError, models: tuple[type[BaseModel], ...]) -> tuple
     return f"{param or 'body'}: {err['msg']}{more}", param or None
 
 
-REQUEST_MODELS = (ResponsesRequest, InputMessage, InputTextPart, UnsupportedPart, UnsupportedItem, TextFormat,
-                  TextConfig, Reasoning)
+REQUEST_MODELS = (ResponsesRequest, InputMessage, InputTextPart, UnsupportedPart, FunctionCallItem,
+                  FunctionCallOutputItem, UnsupportedItem, TextFormat, TextConfig, Reasoning)
 
 
 # ---- responses (documentation for /openapi.json; the handler builds plain dicts) ----
@@ -142,6 +189,15 @@ class OutputMessage(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
     role: Literal["assistant"]
     content: list[OutputText]
+
+
+class OutputFunctionCall(BaseModel):
+    type: Literal["function_call"]
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"]
 
 
 class InputTokensDetails(BaseModel):
@@ -181,15 +237,15 @@ class ResponseObject(BaseModel):
     instructions: str | None
     max_output_tokens: int | None
     model: str
-    output: list[OutputMessage]
+    output: list[Annotated[OutputMessage | OutputFunctionCall, Field(discriminator="type")]]
     parallel_tool_calls: bool
     previous_response_id: None
     reasoning: dict[str, Any]
     store: bool
     temperature: float
     text: dict[str, Any]
-    tool_choice: str
-    tools: list[Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[dict[str, Any]]
     top_p: float
     truncation: str
     usage: ResponseUsage | None
@@ -204,6 +260,8 @@ class StreamEvent(BaseModel):
 
     type: Literal["response.created", "response.in_progress", "response.output_item.added",
                   "response.content_part.added", "response.output_text.delta", "response.output_text.done",
-                  "response.content_part.done", "response.output_item.done", "response.completed",
+                  "response.content_part.done", "response.output_item.done",
+                  "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                  "response.completed",
                   "response.incomplete", "response.failed"]
     sequence_number: int

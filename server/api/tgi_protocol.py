@@ -19,12 +19,21 @@ DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default when the client sends none
 # What /openapi.json advertises for fields whose only supported value is "off" (the handler rejects
 # the rest with a clearer message than a schema error).
 ZERO = {"minimum": 0, "maximum": 0}
-NULL_ONLY = {"type": "null"}
 
 
-def _null_only(schema: dict[str, Any]) -> None:
-    schema.pop("anyOf", None)
-    schema.update(NULL_ONLY)
+def _object_or_null(shape: dict[str, Any]) -> Any:
+    """A json_schema_extra that advertises `shape` (or null) in place of pydantic's free-form dict."""
+    def update(schema: dict[str, Any]) -> None:
+        schema.pop("anyOf", None)
+        schema["anyOf"] = [shape, {"type": "null"}]
+    return update
+
+
+GRAMMAR = _object_or_null({"type": "object", "required": ["type", "value"], "properties": {
+    "type": {"enum": ["json", "json_object", "regex"]},
+    "value": {"anyOf": [{"type": "object"}, {"type": "string", "minLength": 1}]}}})
+RESPONSE_FORMAT = _object_or_null({"type": "object", "required": ["type"], "properties": {
+    "type": {"enum": ["json_object", "json_schema", "text"]}, "schema": {"type": "object"}}})
 
 
 class MergedAdapters(BaseModel):
@@ -61,8 +70,9 @@ class Parameters(BaseModel):
     truncate: StrictInt | None = Field(None, ge=1)
     typical_p: float | None = Field(None, gt=0, lt=1)
     watermark: StrictBool | None = False
-    grammar: dict[str, Any] | None = Field(None, description="Not supported: must be null.",
-                                           json_schema_extra=_null_only)
+    grammar: dict[str, Any] | None = Field(
+        None, description="Structured output, enforced: {\"type\": \"json\", \"value\": <JSON schema>} or "
+        "{\"type\": \"regex\", \"value\": \"<regex>\"}.", json_schema_extra=GRAMMAR)
     # LoRAX
     adapter_id: str | None = Field(None, description="A LoRA adapter: a name (a folder of ADAPTERS_DIR, "
                                    "`base`, `combined`), a path under an allowed root (local) or a hub id "
@@ -73,8 +83,9 @@ class Parameters(BaseModel):
     api_token: str | None = Field(None, description="A hub token for private adapters (hub only).")
     ignore_eos_token: StrictBool | None = False
     return_k_alternatives: StrictInt | None = Field(None, ge=0, le=MAX_TOP_N_TOKENS)
-    response_format: dict[str, Any] | None = Field(None, description="Not supported: must be null.",
-                                                   json_schema_extra=_null_only)
+    response_format: dict[str, Any] | None = Field(
+        None, description="LoRAX's structured output, enforced: {\"type\": \"json_object\", "
+        "\"schema\": <JSON schema>}; without `schema`, any JSON object.", json_schema_extra=RESPONSE_FORMAT)
 
 
 class GenerateRequest(BaseModel):

@@ -56,9 +56,8 @@ class Engine(ModelHost):
             vocab_size=int(loaded.model.config.get_text_config().vocab_size),
             generation_defaults=defaults,
         )
-        self.grammars = _grammars(loaded, self.limits.vocab_size, self.settings)
+        self.grammars, self._no_grammars = _grammars(loaded, self.limits.vocab_size, self.settings)
         if self.grammars is None:
-            self._no_grammars = supported(loaded.tokenizer)[1]
             log.info("structured outputs off: %s", self._no_grammars)
         loop = build_loop(loaded, self.settings, self.grammars)
         adapters = AdapterManager(loaded.model, self.settings, served_name=self.settings.served_model_name)
@@ -169,12 +168,17 @@ def _between_steps(loop: EngineLoop, loaded: loader.LoadedModel) -> Callable[[Ca
     return run
 
 
-def _grammars(loaded: loader.LoadedModel, vocab_size: int, s: Settings) -> Grammars | None:
-    """llguidance's view of the tokenizer, built once at load (about a second)."""
-    if not supported(loaded.tokenizer)[0]:
-        return None
+def _grammars(loaded: loader.LoadedModel, vocab_size: int, s: Settings) -> tuple[Grammars | None, str]:
+    """llguidance's view of the tokenizer, built once at load (about a second); or None and why
+    (a tokenizer it cannot read leaves the server serving, without output constraints)."""
+    ok, why = supported(loaded.tokenizer)
+    if not ok:
+        return None, why
     limits = GrammarLimits(max_bytes=s.max_grammar_bytes, compile_timeout_s=s.grammar_compile_timeout_s)
-    return Grammars(loaded.tokenizer, vocab_size, loaded.eos_token_ids, limits)
+    try:
+        return Grammars(loaded.tokenizer, vocab_size, loaded.eos_token_ids, limits), ""
+    except Exception as exc:  # llguidance refuses some tokenizers (e.g. one without a decoder)
+        return None, f"llguidance cannot use this tokenizer: {exc}"
 
 
 def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | None = None) -> EngineLoop:

@@ -27,6 +27,11 @@ from server.handlers.packing import PackedEncoder
 
 log = logging.getLogger(__name__)
 
+# Output constraints (as the text dialects name them) mean nothing for a vector: refused with a 400
+# rather than ignored, so that a client never believes a constraint was applied.
+CONSTRAINT_PARAMETERS = ("response_format", "grammar", "structured_outputs", "guided_json", "guided_regex",
+                         "guided_choice", "guided_grammar", "tools", "tool_choice")
+
 
 @dataclass(frozen=True)
 class EmbedInput:
@@ -94,6 +99,10 @@ class SentenceEmbedder:
         params = request.get("parameters") or {}
         if not isinstance(params, dict):
             raise ValueError("parameters must be an object")
+        constrained = [k for k in CONSTRAINT_PARAMETERS if params.get(k) is not None]
+        if constrained:
+            raise ValueError(f"{constrained[0]}: output constraints do not apply to an embedding model "
+                             "(it returns vectors, not text)")
         normalize, truncate = params.get("normalize", False), params.get("truncate", False)
         dims = params.get("dimensions")
         for name, value in (("normalize", normalize), ("truncate", truncate)):

@@ -168,6 +168,30 @@ def test_generate_kwargs_schema_lists_accepted_keys(kwargs: dict, ok: bool) -> N
     assert _schema_accepts(mosaic_protocol.PredictRequest, {"inputs": ["x"], "parameters": kwargs}) is ok
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+CALL = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+
+
+@pytest.mark.parametrize("model,body", [
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "json",
+                                                                              "value": PERSON}}}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "regex",
+                                                                              "value": "a+"}}}),
+    (tgi_protocol.CompatRequest, {"inputs": "x", "parameters": {"response_format": {"type": "json_object",
+                                                                                   "schema": PERSON}}}),
+    (kaito_protocol.ChatRequest, {"prompt": "x", "response_format": {"type": "json_object"}}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "text": {"format": {
+        "type": "json_schema", "name": "p", "schema": PERSON, "strict": True}}}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "tools": [{"type": "function", "name": "f",
+                                                                    "parameters": PERSON, "strict": True}],
+                                           "tool_choice": {"type": "function", "name": "f"}}),
+    (responses_protocol.ResponsesRequest, {"input": [{"role": "user", "content": "x"}, CALL, {
+        "type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "ok"}]}]}),
+])
+def test_structured_fields_are_in_the_schema(model: type[BaseModel], body: dict) -> None:
+    assert _model_accepts(model, body) and _schema_accepts(model, body)
+
+
 MERGE = {"ids": ["a", "b"], "weights": [0.5, 0.5], "merge_strategy": "ties", "density": 0.5,
          "majority_sign_method": "total"}
 
@@ -195,16 +219,17 @@ def test_adapter_fields_are_in_the_schema(model: type[BaseModel], body: dict, ok
     (openai_protocol.ChatCompletionRequest, {"messages": MSG, "tools": [{"type": "function"}]}),
     (openai_protocol.ChatCompletionRequest, {"messages": MSG, "logit_bias": {"1": 2}}),
     (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}),
-    (responses_protocol.ResponsesRequest, {"input": "x", "tools": [{"type": "function", "name": "f"}]}),
     (responses_protocol.ResponsesRequest, {"input": "x", "previous_response_id": "resp_1"}),
     (responses_protocol.ResponsesRequest, {"input": "x", "background": True}),
     (responses_protocol.ResponsesRequest, {"input": "x", "top_logprobs": 2}),
     (responses_protocol.ResponsesRequest, {"input": "x", "reasoning": {"effort": "high"}}),
-    (responses_protocol.ResponsesRequest, {"input": "x", "text": {"format": {"type": "json_object"}}}),
     (responses_protocol.ResponsesRequest, {"input": [{"role": "user", "content": [
         {"type": "input_image", "image_url": "data:,"}]}]}),
-    (responses_protocol.ResponsesRequest, {"input": [{"type": "function_call", "call_id": "c", "name": "f",
-                                                      "arguments": "{}"}]}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "tools": [{"type": "web_search"}]}),
+    (responses_protocol.ResponsesRequest, {"input": "x", "text": {"format": {"type": "yaml"}}}),
+    (responses_protocol.ResponsesRequest, {"input": [{"type": "reasoning", "summary": []}]}),
+    (tgi_protocol.GenerateRequest, {"inputs": "x", "parameters": {"grammar": {"type": "ebnf",
+                                                                              "value": "x"}}}),
     (tokenize_protocol.TokenizeRequest, {"prompt": "x", "messages": MSG}),
 ])
 def test_unsupported_values_are_outside_the_schema(model: type[BaseModel], body: dict) -> None:

@@ -18,13 +18,24 @@ def client() -> FlaskClient:
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "objekt"}}]}, "tools[0].parameters"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": "x"}]}, "tools[0].parameters"),
+    ({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}},
+     "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "function", "name": "f"}], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [{"type": "function", "name": "f"}], "tool_choice": "required",
+      "text": {"format": {"type": "json_object"}}}, "tool_choice"),
     ({"previous_response_id": "resp_123"}, "previous_response_id"),
     ({"conversation": "conv_1"}, "conversation"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
     ({"background": True}, "background"),
-    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
+    ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "objekt"}}}},
+     "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": "x"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"reasoning": {"effort": "high"}}, "reasoning"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
@@ -33,7 +44,11 @@ def client() -> FlaskClient:
      "input[0].content[1]"),
     ({"input": [MSG, {"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
      "input[1].content[0]"),
-    ({"input": [MSG, {"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[1]"),
+    ({"input": [MSG, {"type": "reasoning", "summary": []}]}, "input[1]"),
+    ({"input": [MSG, {"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[1].call_id"),
+    ({"input": [MSG, {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c",
+                 "output": [{"type": "input_image", "image_url": "data:,"}]}]}, "input[2].output[0]"),
 ])
 def test_unsupported_features_are_400_naming_the_field(client: FlaskClient, extra: dict, param: str) -> None:
     r = client.post("/v1/responses", json={"model": "m", "input": "hi", **extra})
@@ -74,6 +89,14 @@ def test_not_json_is_400(client: FlaskClient) -> None:
      "instructions": "be brief", "store": True, "tool_choice": "auto", "tools": [], "truncation": "auto",
      "text": {"format": {"type": "text"}}, "reasoning": {"effort": None}, "include": [],
      "metadata": {"a": "b"}},
+    {"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "strict": True,
+                                        "schema": {"type": "object", "properties": {}}}}},
+    {"input": "hi", "text": {"format": {"type": "json_object"}}},
+    {"input": [MSG, {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "id": "fc_1",
+                     "status": "completed"},
+               {"type": "function_call_output", "call_id": "c", "output": "sunny"}],
+     "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}},
+                "strict": True}], "tool_choice": {"type": "function", "name": "f"}},
 ])
 def test_supported_bodies_reach_the_engine(client: FlaskClient, body: dict) -> None:
     r = client.post("/v1/responses", json=body)  # valid: the only thing missing is the model

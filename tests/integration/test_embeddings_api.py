@@ -164,6 +164,27 @@ def test_generation_endpoints_answer_400(url: str, path: str, body: dict) -> Non
     assert r.status_code == 400 and "embedding model" in r.text
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/chat", {"prompt": "Hi", "response_format": {"type": "json_object"}}),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "Hi"}],
+                              "response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"model": "m", "prompt": "Hi", "guided_regex": "[0-9]+"}),
+    ("/generate", {"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "[0-9]+"}}}),
+    ("/", {"inputs": "Hi", "parameters": {"response_format": {"type": "json_object"}}}),
+    ("/v1/responses", {"model": "m", "input": "Hi", "text": {"format": {"type": "json_object"}}}),
+    ("/v1/responses", {"model": "m", "input": "Hi", "tool_choice": "required", "tools": [
+        {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]}),
+    ("/predict", {"inputs": ["Hi"], "parameters": {"response_format": {"type": "json_object"}}}),
+])
+def test_output_constraints_are_400_on_an_embedding_model(url: str, path: str, body: dict) -> None:
+    """Refused in each dialect's shape, never ignored (a vector has no text to constrain)."""
+    r = _post(url, path, body)
+    assert r.status_code == 400, r.text
+    assert "embedding model" in r.text
+    if path == "/predict":
+        assert r.json()["code"] == 400
+
+
 LONG = "word " * 300
 
 

@@ -139,7 +139,7 @@ def test_info(base_url: str) -> None:
     ({"best_of": 2}, 422, "sampling"),
     ({"best_of": 2, "do_sample": True, "seed": 1}, 422, "seed"),
     ({"frequency_penalty": 0.5}, 422, "frequency_penalty"),
-    ({"grammar": {"type": "json", "value": {}}}, 422, "grammar"),
+    ({"grammar": {"type": "json", "value": {"type": "objekt"}}}, 422, "grammar"),
     ({"stop": [""]}, 422, "stop"),
     # LoRAX adapters (this server has none; tests/integration/test_adapters_api.py serves some)
     ({"adapter_id": "no-such-adapter"}, 404, "no-such-adapter"),

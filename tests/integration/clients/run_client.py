@@ -2,8 +2,8 @@
 
 Runs in .venv-clients (text-generation, lorax-client and mosaicml-cli pin huggingface-hub<1.0, which
 the server's venv cannot hold):
-`python run_client.py <tgi|lorax|lorax_adapters|mcli|mcli_embed> <base_url> [args]`. The pytest side
-(tests/integration/test_real_clients.py) asserts on the output.
+`python run_client.py <mode> <base_url> [args]`, mode one of `modes` below. The pytest side
+(tests/integration/test_real_clients.py, test_structured_dialects.py) asserts on the output.
 """
 
 from __future__ import annotations
@@ -110,6 +110,57 @@ def mcli(url: str) -> dict[str, Any]:
     return out
 
 
+# Structured output (tests/integration/test_structured_dialects.py asserts on what comes back)
+JSON_PROMPT = "Describe a person as JSON with a name and an age:"
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+          "required": ["name", "age"], "additionalProperties": False}
+CODE_PROMPT = "Write a ticket code such as 123-ab:"
+CODE = r"[0-9]{3}-[a-z]{2}"
+
+
+def tgi_grammar(url: str) -> dict[str, Any]:
+    """The text-generation client's `Grammar` (regex and JSON), plain and streamed, and bad ones."""
+    from text_generation import Client
+    from text_generation.types import Grammar, GrammarType
+
+    c = Client(url, timeout=TIMEOUT)
+    rx, js = Grammar(type=GrammarType.Regex, value=CODE), Grammar(type=GrammarType.Json, value=PERSON)
+    out: dict[str, Any] = {}
+    out["regex"] = _dump(c.generate(CODE_PROMPT, max_new_tokens=12, grammar=rx))
+    out["regex_stream"] = [_dump(e) for e in c.generate_stream(CODE_PROMPT, max_new_tokens=12, grammar=rx)]
+    out["json"] = _dump(c.generate(JSON_PROMPT, max_new_tokens=40, grammar=js))
+    out["json_stream"] = [_dump(e) for e in c.generate_stream(JSON_PROMPT, max_new_tokens=40, grammar=js)]
+    out["json_short"] = _dump(c.generate(JSON_PROMPT, max_new_tokens=3, grammar=js))
+    out["bad_regex"] = _err(lambda: c.generate(CODE_PROMPT, max_new_tokens=4, grammar=Grammar(
+        type=GrammarType.Regex, value="[0-9")))
+    out["bad_schema"] = _err(lambda: c.generate(JSON_PROMPT, max_new_tokens=4, grammar=Grammar(
+        type=GrammarType.Json, value={"type": "objekt"})))
+    bad = {"type": "object", "properties": {"a": {"type": "integer", "minimum": "zero"}}}
+    out["bad_schema_stream"] = _err(lambda: list(c.generate_stream(
+        JSON_PROMPT, max_new_tokens=4, grammar=Grammar(type=GrammarType.Json, value=bad))))
+    return out
+
+
+def lorax_json(url: str) -> dict[str, Any]:
+    """lorax-client's `response_format` (with a schema, and a bare json_object), and a bad one."""
+    from lorax import Client
+    from lorax.types import ResponseFormat
+
+    c = Client(url, timeout=TIMEOUT)
+    out: dict[str, Any] = {}
+    fmt = ResponseFormat(type="json_object", schema=PERSON)
+    out["schema"] = _dump(c.generate(JSON_PROMPT, max_new_tokens=40, response_format=fmt))
+    out["schema_dict"] = _dump(c.generate(JSON_PROMPT, max_new_tokens=40, response_format={
+        "type": "json_object", "schema": PERSON}))
+    out["stream"] = [_dump(e) for e in c.generate_stream(JSON_PROMPT, max_new_tokens=40, response_format=fmt)]
+    out["bad_schema"] = _err(lambda: c.generate(JSON_PROMPT, max_new_tokens=4, response_format={
+        "type": "json_object", "schema": {"type": "object", "required": "name"}}))
+    out["bad_type"] = _err(lambda: c.generate(JSON_PROMPT, max_new_tokens=4, response_format={
+        "type": "yaml", "schema": PERSON}))
+    return out
+
+
 INSTRUCTION = "Represent the Science title:"
 TITLES = ["3D ActionSLAM: wearable person tracking in multi-floor environments",
           "The capital of France is Paris."]
@@ -129,5 +180,5 @@ def mcli_embed(url: str) -> dict[str, Any]:
 if __name__ == "__main__":
     which, base, *args = sys.argv[1:]
     modes = {"tgi": tgi, "lorax": lorax, "lorax_adapters": lorax_adapters, "mcli": mcli,
-             "mcli_embed": mcli_embed}
+             "mcli_embed": mcli_embed, "tgi_grammar": tgi_grammar, "lorax_json": lorax_json}
     print(json.dumps(modes[which](base, *args)))
