@@ -1,10 +1,9 @@
-"""`python -m bench.kernels`: the CPU linear-kernel table of a model, `F.linear` vs oneDNN.
+"""`python -m bench.kernels`: the start-up kernel timing of `CPU_LINEAR=auto`, printed and uncached.
 
-For every distinct linear weight shape and each row bucket the server uses (`CPU_LINEAR=measure`
-times the same table at start-up to choose a kernel per row count): best-of-N milliseconds per
-call of each kernel and the winner. Each layer is timed alone with its weight hot in cache, which
-favours `F.linear` on small weights; the kernel check of `make bench` measures the running model.
-Prints a table and writes JSON under bench/results/.
+Times the model's own decode steps (the whole forward, a KV cache of `--cached` tokens) with every
+eligible linear layer on `F.linear` and then on oneDNN, at each row bucket up to `--max-batch`,
+exactly as the server does at start-up (server/model/kernel_choice.py), but with a larger time
+budget and no cache. Prints the table and the choice; writes JSON under bench/results/.
 """
 
 from __future__ import annotations
@@ -12,38 +11,44 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from server.model.cpu_kernels import kernel_table, onednn_works
+from server.model import kernel_choice
+from server.model.cpu_kernels import ROW_BUCKETS, eligible, unroute
 from tools.local_server import MODEL_DIR, ROOT
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(MODEL_DIR))
-    ap.add_argument("--reps", type=int, default=10, help="calls per measurement (the best is kept)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--max-batch", type=int, default=32, help="the largest row bucket timed")
+    ap.add_argument("--cached", type=int, default=kernel_choice.CACHED_TOKENS, help="KV cache columns")
+    ap.add_argument("--budget", type=float, default=120.0, help="seconds before no new bucket starts")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
-    if not onednn_works():
-        raise SystemExit("this torch build has no usable oneDNN linear op")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    table = kernel_table(model, reps=args.reps)
-    print(f"{'layer (out x in)':>18} | {'rows':>4} | {'F.linear ms':>11} | {'oneDNN ms':>9} | faster")
-    rows = []
-    for (out_f, in_f), timings in table.items():
-        for t in timings:
-            faster = "oneDNN" if t.onednn_wins else "F.linear"
-            print(f"{out_f:>8} x {in_f:<7} | {t.rows:>4} | {t.torch_ms:>11.3f} | {t.onednn_ms:>9.3f} | "
-                  f"{faster}")
-            rows.append(t.__dict__)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
+    layers = eligible(model)
+    if not layers:
+        raise SystemExit(f"oneDNN does not run this model's {args.dtype} layers here")
+    start = time.perf_counter()
+    timings = kernel_choice.time_buckets(kernel_choice.model_stepper(model, layers, args.cached),
+                                         kernel_choice.buckets_up_to(args.max_batch), args.budget)
+    decision = kernel_choice.decide(timings, time.perf_counter() - start)
+    unroute(layers)
+    print("\n".join(decision.lines()))
+    print(f"{decision.seconds:.1f} s; oneDNN at row buckets "
+          f"{[r for r, on in zip(ROW_BUCKETS, decision.onednn_rows, strict=True) if on]}")
     out = ROOT / "bench" / "results" / f"kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "table": rows},
-                              indent=2))
+    out.write_text(json.dumps({"model": args.model, "dtype": args.dtype, "threads": torch.get_num_threads(),
+                               "cached_tokens": args.cached, "seconds": decision.seconds,
+                               "table": [asdict(t) for t in timings]}, indent=2))
     print(f"wrote {out}")
 
 

@@ -1,11 +1,13 @@
-"""`make bench-quality` (`python -m bench.quality [options]`): what QUANTIZATION costs in quality.
+"""`make bench-quality` (`python -m bench.quality [options]`): what QUANTIZATION and bfloat16 cost
+in quality.
 
-For each setting (default none, int8, int4) the model is loaded by the server's own loader, so the
-weights measured are the weights served, and run under teacher forcing over a fixed held-out text
-(`tests/data/heldout.txt`, ~2,400 tokens of plain English prose, in windows of `--window` tokens):
+For each setting (default float32, bfloat16, then int8, int4 in float32) the model is loaded by the
+server's own loader, so the weights measured are the weights served, and run under teacher forcing
+over a fixed held-out text (`tests/data/heldout.txt`, ~2,400 tokens of plain English prose, in
+windows of `--window` tokens):
 - perplexity of the text;
-- greedy top-1 agreement with float32: the share of positions where the quantized model's most
-  likely next token is float32's;
+- greedy top-1 agreement with float32: the share of positions where the model's most likely next
+  token is float32's;
 - weight memory as stored (quantized data and scales; embeddings and LM head stay float);
 - with `--speed-steps N`, decode speed (ms per step at batch 1 and 8, medians; read the ratios on
   a shared machine).
@@ -31,6 +33,7 @@ from tools.local_server import MODEL_DIR, ROOT
 
 HELDOUT = ROOT / "tests" / "data" / "heldout.txt"
 RESULTS = ROOT / "bench" / "results"
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def token_ids(tokenizer: Any, max_tokens: int | None = None) -> torch.Tensor:
@@ -65,16 +68,22 @@ def decode_ms(model: Any, batch: int, steps: int, prompt: int = 32) -> float:
     return statistics.median(times) * 1000
 
 
+def settings(quantizations: list[str], dtypes: list[str]) -> list[tuple[str, str]]:
+    """(quantization, dtype) rows: float32 unquantized first (the reference), the other dtypes
+    unquantized, then each quantization in float32."""
+    rows = [("none", "float32"), *[("none", d) for d in dtypes if d != "float32"]]
+    return rows + [(q, "float32") for q in quantizations if q != "none"]
+
+
 def measure(model_dir: str, quantizations: list[str], window: int = 512, max_tokens: int | None = None,
-            speed_steps: int = 0) -> dict[str, Any]:
-    """One row per quantization; float32 ("none") is the reference and is always measured first.
+            speed_steps: int = 0, dtypes: list[str] | None = None) -> dict[str, Any]:
+    """One row per setting (see `settings`); float32 unquantized is the reference.
     `int8:down_proj` means QUANTIZATION=int8 QUANTIZATION_SKIP=down_proj."""
-    quantizations = ["none", *[q for q in quantizations if q != "none"]]
     rows: list[dict[str, Any]] = []
     ref_top1: torch.Tensor | None = None
-    for q in quantizations:
+    for q, dtype in settings(quantizations, dtypes or ["float32"]):
         name, _, skip = q.partition(":")
-        loaded = loader.load(Settings(model_path=model_dir, quantization=name, torch_dtype="float32",
+        loaded = loader.load(Settings(model_path=model_dir, quantization=name, torch_dtype=dtype,
                                       quantization_skip=tuple(filter(None, skip.split("+")))))
         ids = token_ids(loaded.tokenizer, max_tokens)
         nll, top1 = teacher_forced(loaded.model, ids, window)
@@ -82,6 +91,7 @@ def measure(model_dir: str, quantizations: list[str], window: int = 512, max_tok
             ref_top1 = top1
         row = {
             "quantization": q,
+            "dtype": dtype,
             "tokens": int(len(nll)),
             "perplexity": math.exp(nll.mean().item()),
             "top1_agreement": (top1 == ref_top1).float().mean().item(),
@@ -110,7 +120,7 @@ def table(result: dict[str, Any]) -> str:
         rule += "---|---|"
     lines = [head, rule]
     for r in result["rows"]:
-        name = "fp32" if r["quantization"] == "none" else r["quantization"]
+        name = r["quantization"] if r["quantization"] != "none" else SHORT.get(r.get("dtype", "float32"))
         mib = r["weight_bytes"] / 2**20
         line = (f"| {name} | {r['perplexity']:.3f} | {r['perplexity_vs_fp32']:+.2%} | "
                 f"{r['top1_agreement']:.2%} | {mib:.0f} MiB ({r['weight_ratio']:.2f}x) |")
@@ -126,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default=str(MODEL_DIR))
     parser.add_argument("--quantizations", default="none,int8,int4,int8:down_proj",
                         help="QUANTIZATION values; `int8:a+b` also keeps modules a and b unquantized")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="TORCH_DTYPE values measured unquantized against float32")
     parser.add_argument("--window", type=int, default=512, help="tokens per teacher-forced forward")
     parser.add_argument("--max-tokens", type=int, default=None, help="only the text's first N tokens")
     parser.add_argument("--speed-steps", type=int, default=0,
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = measure(args.model_dir, args.quantizations.split(","), args.window, args.max_tokens,
-                     args.speed_steps)
+                     args.speed_steps, args.dtypes.split(","))
     print(table(result))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -41,6 +41,7 @@ class Settings:
     quantization: str = "none"
     quantization_skip: tuple[str, ...] = ()  # module names kept in full precision (besides lm_head)
     device_map: str = "auto"
+    tensor_parallel: int = 1  # ranks one model is split across; > 1 refused until the runtime lands
     max_memory: dict[str, str] = field(default_factory=dict)
     chat_template: str | None = None
     pipeline: str = "text-generation"
@@ -153,6 +154,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "QUANTIZATION": ("quantization", str),
     "QUANTIZATION_SKIP": ("quantization_skip", _csv),
     "DEVICE_MAP": ("device_map", str),
+    "TENSOR_PARALLEL": ("tensor_parallel", int),
     "MAX_MEMORY": ("max_memory", _max_memory),
     "CHAT_TEMPLATE": ("chat_template", str),
     "PIPELINE": ("pipeline", str),
@@ -258,8 +260,16 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}; got {s.quantization!r}")
     if s.device_map not in DEVICE_MAPS:
         raise ConfigError(f"DEVICE_MAP must be one of {', '.join(DEVICE_MAPS)}; got {s.device_map!r}")
-    if s.cpu_linear not in ("auto", "measure", "onednn", "torch"):
-        raise ConfigError(f"CPU_LINEAR must be auto, measure, onednn or torch; got {s.cpu_linear!r}")
+    if s.tensor_parallel < 1:
+        raise ConfigError(f"TENSOR_PARALLEL must be at least 1; got {s.tensor_parallel}")
+    if s.tensor_parallel > 1:
+        raise ConfigError(
+            f"TENSOR_PARALLEL={s.tensor_parallel}: tensor parallel serving is not implemented yet, so it is "
+            "refused rather than served on one GPU. Use TENSOR_PARALLEL=1 (or leave it unset); to split a "
+            "model that does not fit one GPU, use DEVICE_MAP=auto (see `python -m server.plan`)"
+        )
+    if s.cpu_linear not in ("auto", "measure", "onednn", "torch"):  # measure: auto's old name
+        raise ConfigError(f"CPU_LINEAR must be auto, onednn or torch; got {s.cpu_linear!r}")
     if s.model_kind not in MODEL_KINDS:
         raise ConfigError(f"MODEL_KIND must be one of {', '.join(MODEL_KINDS)}; got {s.model_kind!r}")
     if s.model_kind == "handler" and not s.model_handler:

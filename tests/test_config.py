@@ -67,7 +67,7 @@ def test_kaito_flags_become_environment() -> None:
     assert env["MODEL_PATH"] == "/workspace/tfs/weights"
     assert env["CHAT_TEMPLATE"] == "/workspace/chat_templates/falcon.jinja"
     assert env["TRUST_REMOTE_CODE"] == "true" and env["ALLOW_REMOTE_FILES"] == "true"
-    assert "--num_processes" in env["_INFERBOX_IGNORED_FLAGS"]
+    assert "TENSOR_PARALLEL" not in env and "_INFERBOX_IGNORED_FLAGS" not in env  # 1 process: nothing
     s = load_settings({k: v for k, v in env.items() if not k.startswith("_")})
     assert s.model_path == "/workspace/tfs/weights" and s.trust_remote_code
 
@@ -96,3 +96,23 @@ def test_adapter_settings() -> None:
     assert "k1" not in repr(s)
     with pytest.raises(ValueError, match="MAX_LOADED_ADAPTERS"):
         load_settings({"MAX_LOADED_ADAPTERS": "0"})
+
+
+def test_cpu_kernel_settings() -> None:
+    s = load_settings({})
+    assert s.cpu_linear == "auto" and s.kernel_cache_dir.endswith(".cache/inferbox")
+    s = load_settings({"CPU_LINEAR": "torch", "KERNEL_CACHE_DIR": "/var/cache/kernels"})
+    assert s.cpu_linear == "torch" and s.kernel_cache_dir == "/var/cache/kernels"
+    assert load_settings({"CPU_LINEAR": "measure"}).cpu_linear == "measure"  # auto's old name
+
+
+def test_tensor_parallel_is_refused_until_the_runtime_exists() -> None:
+    """TENSOR_PARALLEL > 1 must not quietly serve on one GPU: the server refuses at start, saying why."""
+    assert load_settings({}).tensor_parallel == 1
+    assert load_settings({"TENSOR_PARALLEL": "1"}).tensor_parallel == 1
+    with pytest.raises(ConfigError, match="TENSOR_PARALLEL=2: tensor parallel serving is not implemented"):
+        load_settings({"TENSOR_PARALLEL": "2"})
+    with pytest.raises(ConfigError, match="TENSOR_PARALLEL must be at least 1"):
+        load_settings({"TENSOR_PARALLEL": "0"})
+    with pytest.raises(ConfigError, match="TENSOR_PARALLEL="):
+        load_settings({"TENSOR_PARALLEL": "two"})

@@ -14,7 +14,11 @@ Mappings (README "API dialects" has the table):
   request's AdapterRef (server/api/adapters.py); a refused adapter keeps its status (404 unknown,
   400 invalid / outside the allowed roots / unsupported source / bad merge), `error_type`
   "validation".
-- Rejected: non-zero `frequency_penalty`, `grammar`/`response_format` (422).
+- Structured output (server/api/structured_dialects.py): TGI `grammar` {"type": "json" | "regex",
+  "value"} and LoRAX `response_format` {"type": "json_object", "schema"} are enforced per row; one that
+  cannot be enforced (a bad schema or regex, an unknown type, both fields at once) is a 422
+  `validation` error, as TGI answers an invalid grammar.
+- Rejected: non-zero `frequency_penalty` (422).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 from flask import Response, jsonify
 from pydantic import BaseModel
 
-from server.api import adapters, engine_calls
+from server.api import adapters, engine_calls, structured
 from server.api.dialect import Dialect, current_engine
 from server.api.errors import ApiError
 from server.api.streaming import sse, sse_response
+from server.api.structured_dialects import lorax_response_format, tgi_grammar
 from server.api.tgi_protocol import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_BEST_OF,
@@ -87,6 +92,9 @@ def info() -> Response:
         "model_id": settings.served_model_name,
         "model_sha": None,
         "model_dtype": str(loaded.dtype).removeprefix("torch.") if loaded else None,
+        # inferbox's addition: which dtype TORCH_DTYPE resolved to, and why (e.g. auto on this CPU)
+        "dtype": {"name": str(loaded.dtype).removeprefix("torch."), "reason": loaded.dtype_reason}
+        if loaded else None,
         "model_device_type": loaded.device.type if loaded else None,
         "model_pipeline_tag": "text-generation",
         "quantize": settings.quantization if settings.quantization != "none" else None,
@@ -122,10 +130,9 @@ class _Translation:
         self.adapter = adapters.lorax(p.adapter_id, p.adapter_source, merged, p.api_token)
         if p.frequency_penalty:
             raise ApiError(422, "frequency_penalty is not supported (only 0); use repetition_penalty")
-        if p.grammar is not None:
-            raise ApiError(422, "grammar (constrained decoding) is not supported")
-        if p.response_format is not None:
-            raise ApiError(422, "response_format (constrained decoding) is not supported")
+        spec, param = structured.one_of((tgi_grammar(p.grammar), "grammar"),
+                                        (lorax_response_format(p.response_format), "response_format"))
+        self.constraint = structured.compile_constraint(engine, spec, param)
         if any(not s for s in p.stop or []):
             raise ApiError(422, "stop sequences must not be empty")
         self.p = p
@@ -165,7 +172,8 @@ class _Translation:
                 seed = p.seed if p.seed is not None else random.getrandbits(63)
                 kw["seed"] = seed
             params = dialect.params(engine, kw, len(ids))
-            self.requests.append(engine_calls.new_request(engine, ids, params, self.adapter))
+            self.requests.append(engine_calls.new_request(engine, ids, params, self.adapter,
+                                                          constraint=self.constraint))
             self.seeds.append(seed)
 
 

@@ -16,16 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from server.config import Settings
-from server.model import quantize
-from server.model.cpu_kernels import use_kernels_by_rows
+from server.model import kernel_choice, quantize
+from server.model.cpu_kernels import use_onednn_linear
+from server.model.cpuinfo import cpu_flags
+from server.model.dtype_choice import DtypeChoice, config_dtype, resolve
 from server.presets import PRESETS_DIR
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ModelLoadError(RuntimeError):
@@ -43,6 +49,7 @@ class LoadedModel:
     pad_token_id: int
     quantization: str = "none"
     weight_bytes: int = 0  # as stored (quantized weights count their int8/int4 data and scales)
+    dtype_reason: str = ""  # why TORCH_DTYPE resolved to `dtype` (/info, the start-up log)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -92,14 +99,14 @@ class LoadedModel:
         self.model.forward = forward
 
 
-def resolve_dtype(name: str, cuda: bool, gguf: bool) -> torch.dtype | str:
-    if name in DTYPES:
-        return DTYPES[name]
-    # auto: the checkpoint's own dtype on GPU; float32 on CPU (half precision is slow or
-    # unsupported there) and for GGUF (dequantized weights).
-    if gguf or not cuda:
-        return torch.float32
-    return "auto"
+def resolve_dtype(s: Settings, path: str, cuda: bool, common: dict[str, Any]) -> DtypeChoice:
+    """TORCH_DTYPE, `auto` read against the checkpoint's config and this device
+    (server/model/dtype_choice.py)."""
+    gguf = "gguf_file" in common
+    own = None
+    if s.torch_dtype == "auto" and not gguf:
+        own = config_dtype(AutoConfig.from_pretrained(path, **common))
+    return resolve(s.torch_dtype, cuda, gguf, own, frozenset() if cuda else cpu_flags())
 
 
 def resolve_device_map(s: Settings, cuda: bool) -> dict[str, Any]:
@@ -150,7 +157,7 @@ def load(s: Settings) -> LoadedModel:
     common: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": s.trust_remote_code}
     if gguf:
         common["gguf_file"] = gguf
-    dtype = resolve_dtype(s.torch_dtype, cuda, gguf is not None)
+    dtype_choice = resolve_dtype(s, path, cuda, common)
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
     skip = s.quantization_skip
     if s.quantization == "int8":
@@ -165,7 +172,7 @@ def load(s: Settings) -> LoadedModel:
         common["quantization_config"] = qconfig
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, **resolve_device_map(s, cuda), **common
+            path, dtype=dtype_choice.dtype, **resolve_device_map(s, cuda), **common
         )
     except ValueError as exc:
         if qconfig is None:
@@ -177,12 +184,10 @@ def load(s: Settings) -> LoadedModel:
         raise ModelLoadError(f"QUANTIZATION={s.quantization}: this model has no linear layers "
                              f"{quantize.library(s.quantization)} can quantize (torch.nn.Linear); serve "
                              "it with QUANTIZATION=none")
+    model.eval()
     if not cuda:
         model.to("cpu")
-        if s.cpu_linear != "torch":
-            n = use_kernels_by_rows(model, s.cpu_linear)  # quantized layers keep their library's kernels
-            log.info("CPU_LINEAR=%s: %d linear layers choose their kernel by row count", s.cpu_linear, n)
-    model.eval()
+        _choose_kernels(model, s)  # quantized layers keep their library's kernels
     template = read_chat_template(s.chat_template)
     if template:
         tokenizer.chat_template = template
@@ -201,13 +206,30 @@ def load(s: Settings) -> LoadedModel:
         pad_token_id=int(tokenizer.pad_token_id),
         quantization=s.quantization,
         weight_bytes=quantize.weight_bytes(model),
+        dtype_reason=dtype_choice.reason,
     )
     log.info(
-        "model loaded: %s params, dtype %s, quantization %s (%d layers), weights %.1f MiB, device %s, "
-        "context %d", loaded.num_parameters, loaded.dtype, s.quantization, quantized,
+        "model loaded: %s params, dtype %s (%s), quantization %s (%d layers), weights %.1f MiB, device %s, "
+        "context %d", loaded.num_parameters, loaded.dtype, dtype_choice.reason, s.quantization, quantized,
         loaded.weight_bytes / 2**20, getattr(model, "hf_device_map", loaded.device), context,
     )
     return loaded
+
+
+def _choose_kernels(model: PreTrainedModel, s: Settings) -> None:
+    """CPU_LINEAR: `torch` leaves the layers alone, `onednn` pins oneDNN, `auto` (or `measure`) times
+    the model's decode steps per row bucket, or reads that decision from KERNEL_CACHE_DIR."""
+    if s.cpu_linear == "torch":
+        return
+    if s.cpu_linear == "onednn":
+        log.info("CPU_LINEAR=onednn: %d linear layers on oneDNN at every row count", use_onednn_linear(model))
+        return
+    cache_dir = None if s.kernel_cache_dir.lower() == "off" else Path(s.kernel_cache_dir)
+    decision = kernel_choice.choose(model, s.max_batch_size, cache_dir)
+    chosen = [rows for rows, on in zip(kernel_choice.ROW_BUCKETS, decision.onednn_rows, strict=True) if on]
+    log.info("CPU_LINEAR=%s: oneDNN at row buckets %s, F.linear at the others (%s%s)\n%s", s.cpu_linear,
+             chosen or "none", decision.source,
+             f", {decision.seconds:.1f} s" if decision.source == "timed" else "", "\n".join(decision.lines()))
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from bench.workload import messages
 from server.config import Settings
-from server.model import cpu_kernels, loader
-from server.model.cpu_kernels import onednn_works, use_kernels_by_rows, use_onednn_linear
+from server.model import cpu_kernels, kernel_choice, loader
+from server.model.cpu_kernels import onednn_works, use_onednn_linear
 from tests.conftest import MODEL_DIR
 from tests.model.test_loader import _tiny_model_dir
 
@@ -47,15 +47,23 @@ def test_other_dtypes_and_subclasses_keep_their_kernel() -> None:
     class Adapter(nn.Linear):
         pass
 
-    model = nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16), Adapter(8, 8), nn.Linear(8, 8))
+    model = nn.Sequential(nn.Linear(8, 8).to(torch.float16), Adapter(8, 8), nn.Linear(8, 8))
     assert use_onednn_linear(model) == 1
     assert _patched(model) == ["2"]
 
 
-def test_loader_setting(tmp_path: Path) -> None:
+def test_loader_pins_a_kernel_without_timing(tmp_path: Path, monkeypatch) -> None:
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a pinned CPU_LINEAR must not time")
+
+    monkeypatch.setattr(kernel_choice, "time_buckets", no_timing)
     path = _tiny_model_dir(tmp_path)
-    assert _patched(loader.load(Settings(model_path=str(path))).model)  # the default: auto
+    model = loader.load(Settings(model_path=str(path), cpu_linear="onednn", kernel_cache_dir="off")).model
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert len(_patched(model)) == len(linears) > 0
+    assert all(m.onednn_rows == (True,) * len(cpu_kernels.ROW_BUCKETS) for m in linears)
     assert not _patched(loader.load(Settings(model_path=str(path), cpu_linear="torch")).model)
+    assert not list(tmp_path.glob("**/cpu-kernels-*.json"))
 
 
 def test_embedded_model_greedy_output_is_unchanged() -> None:
@@ -89,9 +97,9 @@ def _count_onednn(monkeypatch) -> list[int]:
     return calls
 
 
-def test_auto_uses_onednn_at_every_row_count(monkeypatch) -> None:
+def test_onednn_mode_uses_onednn_at_every_row_count(monkeypatch) -> None:
     layer = nn.Linear(16, 8)
-    assert use_kernels_by_rows(nn.Sequential(layer), "auto") == 1
+    assert use_onednn_linear(nn.Sequential(layer)) == 1
     assert layer.onednn_rows == (True,) * len(cpu_kernels.ROW_BUCKETS)
     calls = _count_onednn(monkeypatch)
     with torch.inference_mode():
@@ -102,19 +110,21 @@ def test_auto_uses_onednn_at_every_row_count(monkeypatch) -> None:
     assert calls == [1, 2, 3, 300]
 
 
-def test_torch_mode_leaves_layers_alone() -> None:
+def test_a_table_routes_by_rows_and_unroute_restores(monkeypatch) -> None:
     layer = nn.Linear(16, 8)
-    assert use_kernels_by_rows(nn.Sequential(layer), "torch") == 0
-    assert not hasattr(layer, "onednn_rows")
+    cpu_kernels.route([layer], [rows >= 4 for rows in cpu_kernels.ROW_BUCKETS])
+    calls = _count_onednn(monkeypatch)
+    with torch.inference_mode():
+        for rows in (1, 2, 3, 4, 300):
+            layer(torch.randn(rows, 16))
+    assert calls == [3, 4, 300]
+    cpu_kernels.unroute([layer])
+    assert "forward" not in layer.__dict__ and not hasattr(layer, "onednn_rows")
+    with pytest.raises(ValueError, match="one flag per row bucket"):
+        cpu_kernels.route([layer], [True])
 
 
-def test_measure_keeps_the_faster_kernel_per_shape_and_row_bucket(monkeypatch) -> None:
-    def fake(layer, rows, reps=3):  # oneDNN "wins" only on the wide layer from 8 rows on
-        wins = layer.out_features == 32 and rows >= 8
-        return cpu_kernels.Timing(layer.out_features, layer.in_features, rows, 1.0, 0.5 if wins else 2.0)
-
-    monkeypatch.setattr(cpu_kernels, "measure", fake)
-    narrow, wide = nn.Linear(16, 8), nn.Linear(16, 32)
-    use_kernels_by_rows(nn.Sequential(narrow, wide), "measure")
-    assert not any(narrow.onednn_rows)
-    assert wide.onednn_rows == tuple(rows >= 8 for rows in cpu_kernels.ROW_BUCKETS)
+def test_bfloat16_layers_are_routed_only_where_onednn_runs_them() -> None:
+    model = nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16), nn.Linear(8, 8))
+    assert [m.weight.dtype for m in cpu_kernels.eligible(model)] == (
+        [torch.bfloat16, torch.float32] if onednn_works(torch.bfloat16) else [torch.float32])

@@ -88,8 +88,9 @@ def test_device_map_resolution() -> None:
     assert loader.resolve_device_map(s, cuda=True) == {
         "device_map": "balanced", "max_memory": {0: "20GiB", "cpu": "64GiB"}}
     assert loader.resolve_device_map(s, cuda=False) == {}
-    assert loader.resolve_dtype("auto", cuda=False, gguf=False) == torch.float32
-    assert loader.resolve_dtype("auto", cuda=True, gguf=False) == "auto"
-    assert loader.resolve_dtype("auto", cuda=True, gguf=True) == torch.float32
+    gguf = {"gguf_file": "x.gguf"}  # auto reads no config for a GGUF file: float32 anywhere
+    assert loader.resolve_dtype(Settings(), "/absent", cuda=True, common=gguf).dtype == torch.float32
+    assert loader.resolve_dtype(Settings(torch_dtype="bfloat16"), "/absent", cuda=False,
+                                common={}).dtype == torch.bfloat16
     assert loader.split_gguf("/m/x.Q4_1.gguf") == ("/m", "x.Q4_1.gguf")
     assert loader.split_gguf("/m/folder") == ("/m/folder", None)
