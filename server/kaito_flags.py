@@ -2,7 +2,8 @@
 turned into inferbox's environment variables, so Kaito's command lines keep working.
 
 Every flag Kaito's runtime accepts is handled one of three ways, and none is silently dropped:
-- mapped onto a setting (`--torch_dtype` -> TORCH_DTYPE, `--load_in_8bit` -> QUANTIZATION=int8, ...);
+- mapped onto a setting (`--torch_dtype` -> TORCH_DTYPE, `--load_in_8bit` -> QUANTIZATION=int8,
+  accelerate's `--num_processes N` -> TENSOR_PARALLEL=N when N > 1, ...);
 - ignored with a warning where it cannot change what is served (download and cache options, the
   adapter merge method (`combined` is always the exact strength-weighted sum), accelerate launcher
   options);
@@ -38,10 +39,12 @@ SWITCHES: dict[str, str] = {
 }
 # Kaito's quantization switches -> QUANTIZATION (bitsandbytes there; optimum-quanto here)
 QUANTIZATION_SWITCHES: dict[str, str] = {"load_in_8bit": "int8", "load_in_4bit": "int4"}
+# accelerate's process count: N processes serving one model are N tensor-parallel ranks; 1 is what
+# inferbox does anyway, so it maps to nothing.
+PROCESS_COUNT_FLAG = "num_processes"
 # No effect on what is served: where and how weights are downloaded or cached, loading-time
 # reports, the adapter merge method (`combined` is peft's exact `cat` sum), accelerate launcher options.
-NO_EFFECT_VALUES = ("cache_dir", "proxies", "combination_type", "num_processes", "num_machines",
-                    "gpu_ids", "mixed_precision")
+NO_EFFECT_VALUES = ("cache_dir", "proxies", "combination_type", "num_machines", "gpu_ids", "mixed_precision")
 NO_EFFECT_SWITCHES = ("force_download", "resume_download", "output_loading_info", "low_cpu_mem_usage")
 # Change what is served, and cannot be honoured: refused with the reason.
 REFUSED: dict[str, str] = {
@@ -67,10 +70,24 @@ def _truthy(value: str | None) -> bool:
     raise ConfigError(f"not a boolean: {value!r}")
 
 
+def _process_count(value: str | None) -> int:
+    """`--num_processes N`: accelerate's total process count over all machines."""
+    if value is None:
+        return 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--num_processes must be a whole number; got {value!r}") from None
+    if count < 1:
+        raise ConfigError(f"--num_processes must be at least 1; got {count}")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m server", description="Start the inferbox server.",
                                      allow_abbrev=False)
-    for flag in (*VALUE_FLAGS, *NO_EFFECT_VALUES, *(f for f in REFUSED if f not in REFUSED_SWITCHES)):
+    refused_values = (f for f in REFUSED if f not in REFUSED_SWITCHES)
+    for flag in (*VALUE_FLAGS, PROCESS_COUNT_FLAG, *NO_EFFECT_VALUES, *refused_values):
         parser.add_argument(f"--{flag}", dest=flag, default=None)
     for flag in (*SWITCHES, *QUANTIZATION_SWITCHES, *NO_EFFECT_SWITCHES, *REFUSED_SWITCHES):
         parser.add_argument(f"--{flag}", dest=flag, nargs="?", const="true", default=None)
@@ -104,6 +121,9 @@ def flags_to_env(argv: list[str]) -> dict[str, str]:
         value = getattr(args, flag)
         if value is not None:
             env[var] = value
+    processes = _process_count(getattr(args, PROCESS_COUNT_FLAG))
+    if processes > 1:
+        env["TENSOR_PARALLEL"] = str(processes)
     for flag, var in SWITCHES.items():
         if _truthy(getattr(args, flag)):
             env[var] = "true"

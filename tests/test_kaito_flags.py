@@ -42,12 +42,31 @@ def test_flags_that_change_the_model_are_refused(argv: list[str], needle: str) -
 
 def test_flags_without_effect_are_listed_for_a_warning() -> None:
     argv = ["--revision", "main", "--from_tf", "false", "--cache_dir", "/tmp/c", "--force_download",
-            "--num_processes", "1"]
+            "--num_machines", "1"]
     env = flags_to_env(argv)
-    assert env["_INFERBOX_IGNORED_FLAGS"].split() == ["--cache_dir", "--num_processes", "--force_download"]
+    assert env["_INFERBOX_IGNORED_FLAGS"].split() == ["--cache_dir", "--num_machines", "--force_download"]
     assert "QUANTIZATION" not in env
     # every ignored flag is one that cannot change the served model
-    assert {"cache_dir", "num_processes", "force_download"} <= {*NO_EFFECT_VALUES, *NO_EFFECT_SWITCHES}
+    assert {"cache_dir", "num_machines", "force_download"} <= {*NO_EFFECT_VALUES, *NO_EFFECT_SWITCHES}
+
+
+def test_num_processes_is_the_tensor_parallel_size() -> None:
+    """accelerate's `--num_processes N` is N ranks of one model: TENSOR_PARALLEL=N, which the server
+    refuses at start until the tensor-parallel runtime exists; 1 process is what inferbox does anyway."""
+    env = flags_to_env(["--num_processes", "1", "--num_machines", "1"])
+    assert "TENSOR_PARALLEL" not in env and "--num_processes" not in env["_INFERBOX_IGNORED_FLAGS"]
+    assert load_settings({}).tensor_parallel == 1
+    env = flags_to_env(["--num_processes", "4", "--gpu_ids", "all"])
+    assert env["TENSOR_PARALLEL"] == "4"
+    assert "num_processes" not in NO_EFFECT_VALUES
+    with pytest.raises(ConfigError, match="TENSOR_PARALLEL=4: tensor parallel serving is not implemented"):
+        load_settings({k: v for k, v in env.items() if not k.startswith("_")})
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1"])
+def test_num_processes_must_be_a_positive_count(value: str) -> None:
+    with pytest.raises(ConfigError, match="--num_processes must be"):
+        flags_to_env(["--num_processes", value])
 
 
 def test_python_m_server_refuses_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,8 @@ spill to CPU or disk: a plan that needs that fails.
     python -m server.plan --preset llama-2-70b-chat --gpus 2x80GiB [--dtype float16]
     python -m server.plan --preset llama-2-70b-chat --gpus 1x80GiB --quantization int8
 
+(The command line is server/plan.py; `--tensor-parallel N` plans the split of server/model/tp_plan.py.)
+
 With `--quantization` the meta model goes through the same quantizer `from_pretrained` uses
 (torchao's for int8, quanto's for int4/fp8), so placement and sizes are the server's (quantized
 weights at 1 or 0.5 byte, plus their scales; embeddings and LM head stay in the dtype). The KV
@@ -18,14 +20,12 @@ cache stays in the dtype.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.presets import Architecture, Preset, PresetError, list_presets, load_preset
+from server.presets import Architecture, Preset, load_preset
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GIB = 1024**3
@@ -263,21 +263,23 @@ def scale_bytes(model: Any, quantization: str, dtype_bytes: int, quantizer: Any)
     (quanto) a scale and a shift per group of 128; fp8 (quanto) one scale per output row."""
     from torch import nn
 
-    from server.model.quantize import INT8_GROUP, quantized_modules
+    from server.model.quantize import quantized_modules
 
     if quantization == "int8":  # torchao swaps weights at load, not modules: ask what it will quantize
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
                   and quantizer.param_needs_quantization(model, f"{n}.weight")]
     else:
         layers = list(quantized_modules(model))
-    out: dict[str, int] = {}
-    for name, module in layers:
-        rows, cols = module.weight.shape
-        if quantization == "int8":
-            out[name] = rows * -(-cols // INT8_GROUP) * (dtype_bytes + 1)
-        else:
-            out[name] = rows * (2 * -(-cols // 128) if quantization == "int4" else 1) * dtype_bytes
-    return out
+    return {name: scale_bytes_of(*module.weight.shape, quantization, dtype_bytes) for name, module in layers}
+
+
+def scale_bytes_of(rows: int, cols: int, quantization: str, dtype_bytes: int) -> int:
+    """Scale bytes of one (rows x cols) quantized weight, or of one rank's slice of it (tp_plan.py)."""
+    from server.model.quantize import INT8_GROUP
+
+    if quantization == "int8":
+        return rows * -(-cols // INT8_GROUP) * (dtype_bytes + 1)
+    return rows * (2 * -(-cols // 128) if quantization == "int4" else 1) * dtype_bytes
 
 
 def plan(
@@ -363,38 +365,3 @@ def plan(
             f"Use more or larger GPUs."
         )
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m server.plan", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--preset", required=True, help=f"one of: {', '.join(list_presets())}")
-    parser.add_argument(
-        "--gpus", help="e.g. 2x24GiB, 1x80GiB or 24GiB,48GiB (default: the preset's resources)",
-    )
-    parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="default: the preset's dtype")
-    parser.add_argument("--quantization", choices=["none", "int8", "int4", "fp8"],
-                        help="weight-only quantization (QUANTIZATION); default: the preset's")
-    parser.add_argument("--reserve", default="1GiB", help="per GPU, kept for CUDA context and activations")
-    parser.add_argument("--min-tokens", type=int, default=None,
-                        help="fail unless this many KV-cache tokens fit (default: min(context, 2048))")
-    from server.model.adapter_plan import add_arguments, from_arguments
-
-    add_arguments(parser)
-    parser.add_argument("--show-device-map", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        preset = load_preset(args.preset)
-        gpus = args.gpus or f"{preset.resources.gpus}x{preset.resources.gpu_memory}"
-        result = plan(preset, gpus, dtype=args.dtype, reserve=args.reserve, min_tokens=args.min_tokens,
-                      quantization=args.quantization, **from_arguments(args))
-    except (PlanError, PresetError) as exc:
-        print(f"plan failed: {exc}", file=sys.stderr)
-        return 2
-    print(result.render())
-    if args.show_device_map:
-        for name, device in result.device_map.items():
-            print(f"  {name or '(model)'} -> cuda:{device}")
-    return 0

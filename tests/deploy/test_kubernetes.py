@@ -14,6 +14,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import ValidationError as K8sValidationError
 
+from server.config import ENV_VARS
+from server.kaito_flags import flags_to_env
 from server.presets import load_preset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,8 +213,104 @@ def test_adapter_deployment_mounts_a_volume_at_the_adapters_dir():
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert env["ADMIN_API_KEYS"]["valueFrom"]["secretKeyRef"]["key"]  # never a literal key
     # the settings it sets are ones the server reads
-    from server.config import ENV_VARS
-
     for name in ("ADAPTERS_DIR", "DEFAULT_ADAPTER", "MAX_LOADED_ADAPTERS", "ADMIN_API_KEYS"):
         if name not in ENV_VARS:
             pytest.fail(f"{name} is not a setting the server reads (server/config.py)")
+
+
+# --- tensor parallelism ------------------------------------------------------------------------------
+
+LWS_CRD = REPO / "tests" / "deploy" / "crds" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+LEADER_WORKER_SET = DEPLOY / "tensor-parallel" / "leaderworkerset.yaml"
+WORKSPACE_TP = DEPLOY / "kaito" / "workspace-tensor-parallel.yaml"
+LWS_LABEL = "leaderworkerset.sigs.k8s.io/"
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+READ_BY_CONFIG = ("PRESET",)  # read by load_settings besides ENV_VARS
+
+
+def lws_schema() -> dict:
+    """The LeaderWorkerSet CRD kept beside these tests (from kubernetes-sigs/lws, Apache-2.0)."""
+    crd = yaml.safe_load(LWS_CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def lws_docs() -> dict[str, dict]:
+    return {d["kind"]: d for d in docs(LEADER_WORKER_SET)}
+
+
+def test_leaderworkerset_validates_against_its_crd():
+    manifests = lws_docs()
+    lws = manifests["LeaderWorkerSet"]
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    jsonschema.validate(lws, lws_schema())
+    for role in ("leaderTemplate", "workerTemplate"):  # and strictly, as the pod templates LWS stamps out
+        pod = lws["spec"]["leaderWorkerTemplate"][role]
+        k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": pod})
+    k8s_validate(manifests["Service"])
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s["leaderWorkerTemplate"].__setitem__("size", "two"),
+        lambda s: s["leaderWorkerTemplate"].__setitem__("restartPolicy", "Always"),
+        lambda s: s.__setitem__("startupPolicy", "WorkersFirst"),
+        lambda s: s["leaderWorkerTemplate"].pop("workerTemplate"),  # required by the CRD
+    ],
+)
+def test_leaderworkerset_schema_rejects(mutate):
+    lws = lws_docs()["LeaderWorkerSet"]
+    mutate(lws["spec"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(lws, lws_schema())
+
+
+def test_leader_is_rank_0_behind_the_service_and_the_workers_join_it():
+    manifests = lws_docs()
+    lws, service = manifests["LeaderWorkerSet"], manifests["Service"]
+    group = lws["spec"]["leaderWorkerTemplate"]
+    # only the leader (worker index 0) of this set serves HTTP
+    assert service["spec"]["selector"] == {f"{LWS_LABEL}name": lws["metadata"]["name"],
+                                           f"{LWS_LABEL}worker-index": "0"}
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, 5000)]
+    assert group["restartPolicy"] == "RecreateGroupOnPodRestart"  # a lost rank restarts the group
+    containers = {}
+    for role in ("leaderTemplate", "workerTemplate"):
+        (container,) = group[role]["spec"]["containers"]
+        containers[role] = container
+        env = {e["name"]: e for e in container["env"]}
+        assert env["TENSOR_PARALLEL"]["value"] == str(group["size"])
+        rank = env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert rank == f"metadata.labels['{LWS_LABEL}worker-index']"  # the downward API
+        assert env["WORLD_SIZE"]["value"] == "$(LWS_GROUP_SIZE)"
+        assert env["MASTER_ADDR"]["value"] == "$(LWS_LEADER_ADDRESS)"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"  # one rank per pod
+        assert container["image"] == f"inferbox:{lws['metadata']['annotations']['inferbox.dev/preset']}"
+        for name in env:  # settings the server reads, or torchrun's variables
+            assert name in ENV_VARS or name in (*TORCHRUN_VARS, *READ_BY_CONFIG), name
+    leader, worker = containers["leaderTemplate"], containers["workerTemplate"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert leader[probe]["httpGet"] == {"path": "/health", "port": 5000}, probe
+        assert probe not in worker  # readiness is the leader's /health
+    assert 5000 in [p["containerPort"] for p in leader["ports"]] and "ports" not in worker
+
+
+def test_tensor_parallel_manifests_say_the_runtime_is_not_there_yet():
+    for path in (LEADER_WORKER_SET, WORKSPACE_TP):
+        header = path.read_text().split("apiVersion:", 1)[0]
+        assert "not implemented in the server" in header and "TENSOR_PARALLEL > 1" in header, path.name
+
+
+def test_tensor_parallel_workspace_validates_against_kaitos_crd():
+    workspace = docs(WORKSPACE_TP)[0]
+    jsonschema.validate(workspace, workspace_schema())
+    assert workspace["resource"]["count"] == 2
+    template = workspace["inference"]["template"]
+    k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template})
+    (container,) = template["spec"]["containers"]
+    args = container["args"]
+    assert args[0] == "launch" and "tfs/inference_api.py" in args
+    launcher = [a for a in args[1:] if a != "tfs/inference_api.py"]
+    gpus = container["resources"]["requests"]["nvidia.com/gpu"]
+    assert flags_to_env(launcher)["TENSOR_PARALLEL"] == gpus == "4"  # --num_processes: one rank a GPU

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from server.model.adapter_plan import adapter_plan
-from server.model.plan import PlanError, main, plan
+from server.model.plan import PlanError, plan
+from server.plan import main
 
 pytestmark = pytest.mark.model  # builds models (meta weights, or a tiny random one)
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from server.model.plan import GIB, PlanError, main, parse_gpus, plan
+from server.model.plan import GIB, PlanError, parse_gpus, plan
+from server.plan import main
 from server.presets import list_presets, load_preset
 
 ALL = list_presets()
