@@ -8,6 +8,8 @@
    clients keep the engine busy.
 3. The kernel check (bench/kernel_check.py): a plain single request's latency against the same
    server with `CPU_LINEAR=torch`, and c = 1, 2, 4 against `torch` and `onednn` servers.
+4. With `--structured`, the structured check (bench/structured_check.py): one JSON schema on every
+   request against unconstrained requests at c = 1, 8, 32, and the constraint mask time per step.
 At each level the two alternate `--repeats` times (each one idle while the other runs), so both
 sample the same stretch of machine load; the table gives medians, their ratio, and the range of
 the per-pair ratios. Prints the table, writes JSON and a PNG chart (tokens/s against concurrency,
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import requests
 
+from bench.structured_check import structured_check, structured_table_lines
 from bench.workload import generate_kwargs, messages
 from tools.local_server import MODEL_DIR, ROOT, start_server
 
@@ -269,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="N > 0: the adapter check (bench/adapter_check.py) with N LoRA adapters")
     ap.add_argument("--adapter-rank", type=int, default=8, help="rank of the adapter check's adapters")
     ap.add_argument("--adapter-clients", type=int, default=8, help="concurrency of the adapter check")
+    ap.add_argument("--structured", action="store_true",
+                    help="the structured check (bench/structured_check.py): JSON schema vs unconstrained")
+    ap.add_argument("--structured-levels", default="1,8,32", help="client counts of the structured check")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -324,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
 
             adapters = adapter_check(url, args.model, env, RESULTS, args.adapters, args.adapter_rank,
                                      args.adapter_clients, args.repeats, args.rounds, n)
+        structured = None
+        if args.structured:
+            print("structured check: one JSON schema vs unconstrained...", flush=True)
+            structured = structured_check(url, [int(c) for c in args.structured_levels.split(",") if c],
+                                          args.repeats, args.rounds, args.sequential, n)
     finally:
         srv.stop()
         worker.close()
@@ -335,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": "cuda" if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
         "platform": platform.platform(), "load_after": os.getloadavg(), "server_env": env,
         "bare": bare_result, "server": server, "ttft": ttft, "kernels": kernels, "adapters": adapters,
+        "structured": structured,
         "engine_paths": [line for line in metrics.splitlines() if line.startswith("inferbox_engine_path")],
     }
     json_path = RESULTS / f"bench-{stamp}.json"
@@ -350,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         from bench.adapter_check import adapter_table_lines
 
         print("\n".join(adapter_table_lines(adapters)))
+    if structured:
+        print("\n".join(structured_table_lines(structured)))
     print(f"load after: {result['load_after']}")
     print(f"wrote {json_path} and {png_path}")
 
