@@ -246,6 +246,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
         for name, value in read_deployment(deployment).items():
             values.setdefault(name, value)  # explicit variables win over the YAML
+    world = env.get("WORLD_SIZE")  # torchrun / accelerate launch: one process per rank
+    if world and "tensor_parallel" not in values:
+        try:
+            values["tensor_parallel"] = int(world)
+        except ValueError:
+            raise ConfigError(f"WORLD_SIZE={world!r}: not an integer") from None
     if values.get("model_handler"):
         values["model_kind"] = "handler"
     settings = Settings(**values)

@@ -116,3 +116,13 @@ def test_tensor_parallel_is_refused_until_the_runtime_exists() -> None:
         load_settings({"TENSOR_PARALLEL": "0"})
     with pytest.raises(ConfigError, match="TENSOR_PARALLEL="):
         load_settings({"TENSOR_PARALLEL": "two"})
+
+
+def test_a_launcher_world_size_is_the_tensor_parallel_size() -> None:
+    """torchrun and `accelerate launch --num_processes N` start N processes with WORLD_SIZE=N: each
+    is refused, as TENSOR_PARALLEL=N is, rather than N servers racing for one port."""
+    assert load_settings({"WORLD_SIZE": "1"}).tensor_parallel == 1
+    with pytest.raises(ConfigError, match="TENSOR_PARALLEL=2"):
+        load_settings({"WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="WORLD_SIZE"):
+        load_settings({"WORLD_SIZE": "two"})

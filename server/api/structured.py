@@ -48,8 +48,10 @@ def compile_constraint(engine: Engine, spec: ConstraintSpec | None, param: str |
         raise ApiError(400, f"{param}: {exc}" if param else str(exc), param=param) from None
 
 
-def openai_response_format(value: Any, param: str = "response_format") -> ConstraintSpec | None:
-    """OpenAI chat's `response_format`: text, json_object, or json_schema {name, schema, strict}."""
+def response_format(value: Any, param: str, schema_key: tuple[str, ...]) -> ConstraintSpec | None:
+    """A `{"type": "text" | "json_object" | "json_schema", ...}` format object, its schema found
+    under `schema_key` (OpenAI chat nests it in `json_schema.schema`, Responses' `text.format` has
+    it at `schema`); errors name the field under `param`."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -59,14 +61,22 @@ def openai_response_format(value: Any, param: str = "response_format") -> Constr
         return None
     if kind == "json_object":
         return ConstraintSpec("json_object")
-    if kind == "json_schema":
-        spec = value.get("json_schema")
-        if not isinstance(spec, dict) or "schema" not in spec:
-            raise ApiError(400, f"{param}.json_schema.schema is required for type json_schema",
-                           param=f"{param}.json_schema")
-        return ConstraintSpec("json_schema", check_schema(spec["schema"], f"{param}.json_schema.schema"))
-    raise ApiError(400, f"{param}.type must be text, json_object or json_schema; got {kind!r}",
-                   param=f"{param}.type")
+    if kind != "json_schema":
+        raise ApiError(400, f"{param}.type must be text, json_object or json_schema; got {kind!r}",
+                       param=f"{param}.type")
+    holder: Any = value
+    for key in schema_key[:-1]:
+        holder = holder.get(key) if isinstance(holder, dict) else None
+    where = ".".join((param, *schema_key))
+    if not isinstance(holder, dict) or holder.get(schema_key[-1]) is None:
+        missing = ".".join((param, *schema_key[:-1])) if len(schema_key) > 1 else where
+        raise ApiError(400, f"{where} is required for type json_schema", param=missing)
+    return ConstraintSpec("json_schema", check_schema(holder[schema_key[-1]], where))
+
+
+def openai_response_format(value: Any, param: str = "response_format") -> ConstraintSpec | None:
+    """OpenAI chat's `response_format`: text, json_object, or json_schema {name, schema, strict}."""
+    return response_format(value, param, ("json_schema", "schema"))
 
 
 def vllm_fields(structured_outputs: Any = None, **guided: Any) -> tuple[ConstraintSpec | None, str | None]:

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from server.api.errors import ApiError
-from server.api.structured import check_schema
+from server.api.structured import check_schema, response_format
 from server.engine.grammar import ConstraintSpec
 
 
@@ -78,16 +78,6 @@ def lorax_response_format(value: Any, param: str = "response_format") -> Constra
 
 def responses_text_format(value: dict[str, Any] | None, param: str = "text.format") -> ConstraintSpec | None:
     """The Responses API's `text.format` (flat: name, schema and strict sit beside `type`)."""
-    if value is None:
-        return None
-    kind = value.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return ConstraintSpec("json_object")
-    if kind == "json_schema":
-        if value.get("schema") is None:
-            raise ApiError(400, f"{param}.schema is required for type json_schema", param=f"{param}.schema")
-        return ConstraintSpec("json_schema", check_schema(value["schema"], f"{param}.schema"))
-    raise ApiError(400, f"{param}.type must be text, json_object or json_schema; got {kind!r}",
-                   param=f"{param}.type")
+    return response_format(value, param, ("schema",))
+
+
