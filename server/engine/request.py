@@ -12,11 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from server.adapters.types import AdapterRef
 from server.engine.errors import EngineTimeout, StreamError, failure_message
-from server.engine.grammar import Constraint
+
+if TYPE_CHECKING:  # the policy imports this module and must not pull in llguidance's transformers
+    from server.engine.grammar import Constraint
 
 FinishReason = Literal["length", "eos", "stop", "cancelled", "timeout", "error"]
 
