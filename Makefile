@@ -11,7 +11,7 @@ EMBED_MODEL_DIR := models/all-minilm-l6-v2
 EMBED_PKG := .cache/minilm-pkg
 PORT ?= 5000
 
-.PHONY: install model embed-model run test test-unit lint bench bench-quality bench-gpu soak clean image image-test plan clients browser
+.PHONY: install model embed-model run test test-unit lint bench bench-speculative bench-quality bench-gpu soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,11 @@ lint: install
 # schema vs unconstrained at c = 1, 8, 32; mask ms/step); `--adapters N` the LoRA adapter check.
 bench: install model $(if $(filter all-minilm-l6-v2,$(PRESET)),embed-model)
 	$(if $(filter all-minilm-l6-v2,$(PRESET)),$(PY) -m bench.embed,$(PY) -m bench.run) $(BENCH_ARGS)
+
+# Speculative decoding from the prompt on an input-grounded workload: the same server with and without
+# SPECULATIVE_NGRAM_TOKENS, c = 1 and 8 (SPECULATIVE_ARGS="--levels 1,8 --repeats 3").
+bench-speculative: install model
+	$(PY) -m bench.speculative_check $(SPECULATIVE_ARGS)
 
 # Perplexity, top-1 agreement with float32 and weight memory for QUANTIZATION=none,int8,int4.
 bench-quality: install model

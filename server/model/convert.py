@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,13 @@ def convert(gguf: Path, out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    # The weights stay float32 on disk (dequantized), but the config records the dtype the model
+    # ships in on the hub (SmolLM2: bfloat16): TORCH_DTYPE=auto serves that where the device
+    # computes it natively (CUDA, AMX/AVX512-BF16 CPUs), float32 elsewhere.
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = "bfloat16"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
