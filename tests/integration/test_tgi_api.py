@@ -9,6 +9,8 @@ import requests
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import TextGenerationError
 
+from server.model.cpuinfo import cpu_flags
+from tests.conftest import MODEL_DIR
 from tests.integration.schema_check import check
 
 pytestmark = pytest.mark.integration
@@ -129,6 +131,11 @@ def test_info(base_url: str) -> None:
     assert info["model_id"] == "smollm2-135m-instruct" and info["max_total_tokens"] == 8192
     assert info["model_device_type"] == "cpu" and info["max_best_of"] >= 2
     check(base_url, "Info", info)
+    # TORCH_DTYPE=auto: the model's own dtype where this CPU computes it natively, and why
+    own = json.loads((MODEL_DIR / "config.json").read_text()).get("dtype")
+    native = bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    assert info["dtype"]["name"] == ("bfloat16" if own == "bfloat16" and native else "float32")
+    assert info["dtype"]["reason"].startswith("auto") and info["dtype"]["name"] == info["model_dtype"]
 
 
 @pytest.mark.parametrize("params,status,needle", [
