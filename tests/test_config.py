@@ -25,11 +25,11 @@ def test_environment_overrides() -> None:
 
 def test_preset_then_environment() -> None:
     s = load_settings({"PRESET": "smollm2-135m-instruct"})
-    assert s.preset == "smollm2-135m-instruct" and s.torch_dtype == "float32"
+    assert s.preset == "smollm2-135m-instruct" and s.torch_dtype == "auto"
     assert s.context_length == 8192 and s.served_model_name == "smollm2-135m-instruct"
-    s = load_settings({"PRESET": "smollm2-135m-instruct", "TORCH_DTYPE": "auto",
+    s = load_settings({"PRESET": "smollm2-135m-instruct", "TORCH_DTYPE": "float32",
                        "SERVED_MODEL_NAME": "mine"})
-    assert s.torch_dtype == "auto" and s.served_model_name == "mine"
+    assert s.torch_dtype == "float32" and s.served_model_name == "mine"
 
 
 @pytest.mark.parametrize(
