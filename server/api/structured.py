@@ -36,6 +36,16 @@ def check_schema(schema: Any, param: str) -> dict[str, Any]:
     return schema
 
 
+def schema_value(value: Any, param: str) -> dict[str, Any]:
+    """A schema given as an object or as JSON text (vLLM and TGI accept both), checked."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ApiError(400, f"{param}: the JSON schema is not valid JSON", param=param) from None
+    return check_schema(value, param)
+
+
 def compile_constraint(engine: Engine, spec: ConstraintSpec | None, param: str | None) -> Constraint | None:
     """The compiled constraint (None for none); a 400 naming `param` for one that can't be enforced."""
     if spec is None:
@@ -102,13 +112,8 @@ def vllm_fields(structured_outputs: Any = None, **guided: Any) -> tuple[Constrai
     param, kind, value = found[0]
     if kind == "json_object":
         return ConstraintSpec("json_object"), param
-    if kind == "json" and isinstance(value, str):  # vLLM accepts the schema as JSON text too
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ApiError(400, f"{param}: not valid JSON", param=param) from None
     if kind == "json":
-        value = check_schema(value, param)
+        value = schema_value(value, param)
     return ConstraintSpec(_VLLM_KINDS[kind], value), param  # type: ignore[arg-type]
 
 

@@ -14,22 +14,11 @@ check, so a model that cannot take constraints answers as it does for any genera
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from server.api.errors import ApiError
-from server.api.structured import check_schema, response_format
+from server.api.structured import response_format, schema_value
 from server.engine.grammar import ConstraintSpec
-
-
-def _schema(value: Any, param: str) -> dict[str, Any]:
-    """A schema given as an object or as JSON text (400 naming `param` otherwise)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ApiError(400, f"{param}: the JSON schema is not valid JSON", param=param) from None
-    return check_schema(value, param)
 
 
 def tgi_grammar(value: Any, param: str = "grammar") -> ConstraintSpec | None:
@@ -49,7 +38,7 @@ def tgi_grammar(value: Any, param: str = "grammar") -> ConstraintSpec | None:
             raise ApiError(400, f"{param}.value: a regex grammar's value must be a string",
                            param=f"{param}.value")
         return ConstraintSpec("regex", body)
-    return ConstraintSpec("json_schema", _schema(body, f"{param}.value"))
+    return ConstraintSpec("json_schema", schema_value(body, f"{param}.value"))
 
 
 def lorax_response_format(value: Any, param: str = "response_format") -> ConstraintSpec | None:
@@ -73,7 +62,7 @@ def lorax_response_format(value: Any, param: str = "response_format") -> Constra
         if kind == "json_schema":
             raise ApiError(400, f"{param}.schema is required for type json_schema", param=f"{param}.schema")
         return ConstraintSpec("json_object")
-    return ConstraintSpec("json_schema", _schema(schema, where))
+    return ConstraintSpec("json_schema", schema_value(schema, where))
 
 
 def responses_text_format(value: dict[str, Any] | None, param: str = "text.format") -> ConstraintSpec | None:
