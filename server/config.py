@@ -41,7 +41,11 @@ class Settings:
     quantization: str = "none"
     quantization_skip: tuple[str, ...] = ()  # module names kept in full precision (besides lm_head)
     device_map: str = "auto"
-    tensor_parallel: int = 1  # ranks one model is split across; > 1 refused until the runtime lands
+    tensor_parallel: int = 1  # ranks one model is split across (README: "Tensor parallelism")
+    tensor_parallel_timeout_s: float = 60.0  # the longest any collective may wait for another rank
+    rank: int = 0  # this process's rank (torchrun's RANK); 0 serves HTTP
+    local_rank: int = 0  # its GPU on this machine (LOCAL_RANK)
+    local_world_size: int = 0  # ranks on this machine (LOCAL_WORLD_SIZE; 0: all of them)
     max_memory: dict[str, str] = field(default_factory=dict)
     chat_template: str | None = None
     pipeline: str = "text-generation"
@@ -155,6 +159,10 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "QUANTIZATION_SKIP": ("quantization_skip", _csv),
     "DEVICE_MAP": ("device_map", str),
     "TENSOR_PARALLEL": ("tensor_parallel", int),
+    "TENSOR_PARALLEL_TIMEOUT_S": ("tensor_parallel_timeout_s", float),
+    "RANK": ("rank", int),
+    "LOCAL_RANK": ("local_rank", int),
+    "LOCAL_WORLD_SIZE": ("local_world_size", int),
     "MAX_MEMORY": ("max_memory", _max_memory),
     "CHAT_TEMPLATE": ("chat_template", str),
     "PIPELINE": ("pipeline", str),
@@ -247,16 +255,49 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         for name, value in read_deployment(deployment).items():
             values.setdefault(name, value)  # explicit variables win over the YAML
     world = env.get("WORLD_SIZE")  # torchrun / accelerate launch: one process per rank
-    if world and "tensor_parallel" not in values:
+    if world:
         try:
-            values["tensor_parallel"] = int(world)
+            size = int(world)
         except ValueError:
             raise ConfigError(f"WORLD_SIZE={world!r}: not an integer") from None
+        if "tensor_parallel" not in values:
+            values["tensor_parallel"] = size
+        elif values["tensor_parallel"] != size:
+            raise ConfigError(f"WORLD_SIZE={size} but TENSOR_PARALLEL={values['tensor_parallel']}: every "
+                              "rank of the launcher is one tensor-parallel rank, so they must agree")
     if values.get("model_handler"):
         values["model_kind"] = "handler"
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+# what tensor parallelism does not serve, and why (README: "Tensor parallelism")
+TENSOR_PARALLEL_REFUSALS: dict[str, str] = {
+    "quantization": "QUANTIZATION: quantized layers are not split by transformers' tp_plan; serve the "
+                    "model unquantized across the ranks, or quantized on one GPU",
+    "model_kind": "MODEL_KIND: only the chat engine runs in lock-step across ranks; embedding models and "
+                  "handlers fit one GPU and scale with replicas",
+    "default_adapter": "DEFAULT_ADAPTER: LoRA adapters are not split across ranks (peft would load the "
+                       "whole adapter on sharded layers); serve adapters with TENSOR_PARALLEL=1",
+    "max_memory": "MAX_MEMORY: it places whole layers with DEVICE_MAP; under tensor parallelism each rank "
+                  "holds its share of every layer on its own GPU",
+    "cpu_linear": "CPU_LINEAR=onednn: the pinned oneDNN layers do not take sharded weights; leave it auto",
+}
+
+
+def _check_tensor_parallel(s: Settings) -> None:
+    n = s.tensor_parallel
+    refused = [name for name, bad in (
+        ("quantization", s.quantization != "none"), ("model_kind", s.model_kind != "chat"),
+        ("default_adapter", s.default_adapter not in ("", "base")), ("max_memory", bool(s.max_memory)),
+        ("cpu_linear", s.cpu_linear == "onednn")) if bad]
+    if refused:
+        raise ConfigError(f"TENSOR_PARALLEL={n} cannot serve with {TENSOR_PARALLEL_REFUSALS[refused[0]]}")
+    if not 0 <= s.rank < n:
+        raise ConfigError(f"RANK={s.rank} is not a rank of TENSOR_PARALLEL={n} (0..{n - 1})")
+    if s.tensor_parallel_timeout_s <= 0:
+        raise ConfigError("TENSOR_PARALLEL_TIMEOUT_S must be positive")
 
 
 def _check(s: Settings) -> None:
@@ -269,11 +310,7 @@ def _check(s: Settings) -> None:
     if s.tensor_parallel < 1:
         raise ConfigError(f"TENSOR_PARALLEL must be at least 1; got {s.tensor_parallel}")
     if s.tensor_parallel > 1:
-        raise ConfigError(
-            f"TENSOR_PARALLEL={s.tensor_parallel}: tensor parallel serving is not implemented yet, so it is "
-            "refused rather than served on one GPU. Use TENSOR_PARALLEL=1 (or leave it unset); to split a "
-            "model that does not fit one GPU, use DEVICE_MAP=auto (see `python -m server.plan`)"
-        )
+        _check_tensor_parallel(s)
     if s.cpu_linear not in ("auto", "measure", "onednn", "torch"):  # measure: auto's old name
         raise ConfigError(f"CPU_LINEAR must be auto, onednn or torch; got {s.cpu_linear!r}")
     if s.model_kind not in MODEL_KINDS:

@@ -12,11 +12,16 @@ of streams still being generated. Instead, in the worker (installed by `post_wor
 4. It stops the engine loop, then lets gunicorn's worker loop end; the master exits after it.
 
 Steps 2-3 are bounded by `GRACEFUL_TIMEOUT` (minus a margin), after which the master kills anyway.
+
+A tensor-parallel server that lost a rank cannot serve again: once the waiting requests have their
+503s (`abandon`), the worker exits with gunicorn's boot-error status, which makes the master exit
+too (instead of starting a worker that would wait for ranks that are gone), and the pod restarts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -109,6 +114,20 @@ def drain(app: Any, stop_worker: Callable[[], None], grace_s: float) -> None:
     stop_worker()
 
 
+LOST_EXIT_STATUS = 3  # gunicorn's WORKER_BOOT_ERROR: the master halts (exits non-zero) instead of respawning
+LOST_GRACE_S = 10.0  # at most this long for the failed requests' 503s to go out
+
+
+def abandon(app: Any) -> None:
+    """A tensor-parallel rank was lost: let in-flight requests send their 503s, then end the process."""
+    counter: InflightCounter = app.extensions["inferbox.inflight"]
+    counter.wait_idle(LOST_GRACE_S)
+    log.critical("a tensor-parallel rank was lost; exiting with status %d so that the server restarts",
+                 LOST_EXIT_STATUS)
+    logging.shutdown()
+    os._exit(LOST_EXIT_STATUS)
+
+
 def close_while_draining(worker: Any, req: Any) -> None:
     """gunicorn `pre_request` hook: while draining, answer with `Connection: close` so kept-alive
     clients reconnect (to another replica) instead of reusing this connection. gunicorn ignores a
@@ -139,3 +158,4 @@ def install_worker_drain(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.siginterrupt(signal.SIGTERM, False)
+    app.extensions["inferbox.engine"].on_lost = lambda: abandon(app)  # called on the watchdog thread

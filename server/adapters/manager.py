@@ -64,8 +64,9 @@ def _direct(fn: Callable[[], Any]) -> Any:
 
 class AdapterManager:
     def __init__(self, model: Any, settings: Settings, served_name: str = "",
-                 run_exclusive: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+                 run_exclusive: Callable[[Callable[[], Any]], Any] | None = None, refusal: str = "") -> None:
         self.model = model
+        self.refusal = refusal  # why this server takes no adapters at all ("": it does)
         self.runtime = LoraRuntime(model)
         self.roots = paths.Roots.of(settings.adapters_dir, settings.adapter_roots)
         self.max_loaded = settings.max_loaded_adapters
@@ -109,6 +110,8 @@ class AdapterManager:
         named after it, default 1.0), build `combined`, and settle DEFAULT_ADAPTER."""
         env = os.environ if env is None else env
         found = paths.scan(self.roots.adapters_dir)
+        if found and self.refusal:
+            raise AdapterError("invalid_adapter", f"ADAPTERS_DIR holds adapters: {self.refusal}")
         keys, strengths = [], []
         for name, folder in found:
             strength = _strength(env, name)
@@ -141,10 +144,12 @@ class AdapterManager:
             raise AdapterError("unsupported_source", f"adapter_source {ref.source!r} is not supported "
                                f"(use one of: {', '.join(SOURCES)})")
         if ref.merge is not None:
+            self._check_refusal()
             return self._merged(ref.merge, ref, hold)
         name = ref.name or self.default_name
         if name == BASE:
             return None
+        self._check_refusal()
         for _ in range(3):  # loaded, then (re)loaded on demand; a concurrent eviction can intervene
             with self._lock:
                 key = self._names.get(name)
@@ -167,6 +172,7 @@ class AdapterManager:
     # admin
     def load(self, name: str, path: str) -> AdapterInfo:
         """Load the folder at `path` (confined to the allowed roots) as adapter `name`."""
+        self._check_refusal()
         if not name or name in (BASE, COMBINED) or name.strip() != name or "\x00" in name:
             raise AdapterError("invalid_adapter", f"{name!r} cannot be an adapter name")
         folder = paths.confine(path, self.roots)
@@ -200,6 +206,10 @@ class AdapterManager:
         self._changed()
 
     # internals
+    def _check_refusal(self) -> None:
+        if self.refusal:
+            raise AdapterError("invalid_adapter", self.refusal)
+
     def _use(self, key: str, hold: bool) -> str:
         entry = self._entries[key]
         self._entries.move_to_end(key)

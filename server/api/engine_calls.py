@@ -16,7 +16,14 @@ from server.api import adapters
 from server.api.errors import ApiError
 from server.engine.detokenize import IncrementalDetokenizer
 from server.engine.engine import Engine
-from server.engine.errors import EngineTimeout, EngineUnavailable, InvalidParams, QueueFull, StreamError
+from server.engine.errors import (
+    EngineLost,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidParams,
+    QueueFull,
+    StreamError,
+)
 from server.engine.grammar import Constraint
 from server.engine.params import build_params
 from server.engine.request import (
@@ -160,6 +167,8 @@ def token_texts(engine: Engine, token_ids: list[int], skip_special_tokens: bool 
 
 
 def _stream_error(exc: StreamError) -> ApiError:
+    if isinstance(exc, EngineLost):
+        return ApiError(503, str(exc), kind="unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, EngineTimeout):
         return ApiError(503, f"{exc}; the server is overloaded, retry later", kind="overloaded",
                         headers={"Retry-After": "5"})

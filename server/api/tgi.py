@@ -96,6 +96,7 @@ def info() -> Response:
         "dtype": {"name": str(loaded.dtype).removeprefix("torch."), "reason": loaded.dtype_reason}
         if loaded else None,
         "model_device_type": loaded.device.type if loaded else None,
+        "tensor_parallel": settings.tensor_parallel,  # inferbox's: ranks the model is split across
         "model_pipeline_tag": "text-generation",
         "quantize": settings.quantization if settings.quantization != "none" else None,
         "max_concurrent_requests": settings.max_queued_requests,

@@ -161,6 +161,19 @@ class Row:
     def request(self) -> GenerationRequest:
         return self.seq.request
 
+    @property
+    def prompt(self) -> list[int]:
+        return self.seq.request.input_ids
+
+
+@dataclass(eq=False)
+class CacheRow:
+    """A row as a tensor-parallel follower rank holds it: only what the cache needs (rank 0 keeps
+    the sequence and its sampler; server/engine/lockstep.py)."""
+
+    prompt: list[int]
+    length: int
+
 
 class Batch:
     def __init__(self, rows: list[Row], mask: torch.Tensor, cache: DynamicCache,
@@ -180,7 +193,7 @@ class Batch:
 
     # building
     @classmethod
-    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int,
+    def prefill(cls, model: PreTrainedModel, rows: list[Row] | list[CacheRow], pad_id: int,
                 prefix: Prefix | None = None) -> tuple[Batch, torch.Tensor]:
         """Run the rows' prompts as one forward; return the batch and last logits `[B, V]`.
 
@@ -195,7 +208,7 @@ class Batch:
         positions = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             n = r.length - p
-            ids[i, width - n:] = torch.tensor(r.request.input_ids[p:], dtype=torch.long)
+            ids[i, width - n:] = torch.tensor(r.prompt[p:], dtype=torch.long)
             mask[i, p + width - n:] = 1
             positions[i, width - n:] = torch.arange(p, r.length)
         ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)

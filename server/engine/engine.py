@@ -1,5 +1,11 @@
 """The engine as the API modules see it: load the model once (in the background: `host.py`),
-tokenize, submit requests."""
+tokenize, submit requests.
+
+Under tensor parallelism this is rank 0: it joins the other ranks before loading, and its runner
+tells them every forward (server/engine/lockstep.py). A lost rank ends the loop; `_loop_died` then
+answers every waiting request with a 503 and `on_lost` ends the process, so that Kubernetes
+restarts the pod (a half of a model cannot serve).
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,14 @@ from server.engine.constraint_mask import MaskApplier
 from server.engine.errors import EngineUnavailable, InvalidConstraint
 from server.engine.grammar import Constraint, ConstraintSpec, GrammarLimits, Grammars, supported
 from server.engine.host import ModelHost
+from server.engine.lockstep import Channel, Leader, Score
 from server.engine.loop import EngineLoop
 from server.engine.params import ModelLimits
 from server.engine.policy import Policy, PolicyLimits
 from server.engine.request import GenerationRequest
 from server.engine.runner import ModelRunner
 from server.engine.stops import StopChecker
-from server.model import loader
+from server.model import loader, ranks
 from server.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -41,9 +48,18 @@ class Engine(ModelHost):
         # requests handed to the loop, so a dead loop thread cannot leave them waiting
         self._submitted: weakref.WeakValueDictionary[str, GenerationRequest] = weakref.WeakValueDictionary()
         self._submitted_lock = threading.Lock()
+        self.leader: Leader | None = None  # tensor parallelism: what tells the other ranks
+        self.on_lost: Callable[[], None] | None = None  # a rank was lost: end the process (lifecycle.py)
 
     def _build(self) -> None:
-        loaded = loader.load(self.settings)
+        s = self.settings
+        group = ranks.SINGLE
+        if s.tensor_parallel > 1:
+            group = ranks.join(s.tensor_parallel, s.rank, s.local_rank,
+                               s.local_world_size or s.tensor_parallel, s.tensor_parallel_timeout_s,
+                               s.torch_threads)
+            self.leader = Leader(Channel(group.control, on_send=metrics.BROADCAST_SECONDS.observe))
+        loaded = loader.load(self.settings, group)
         defaults = {k: v for k, v in loaded.model.generation_config.to_diff_dict().items()
                     if k not in ("transformers_version", "_from_model_config")}
         defaults.update(self.settings.generation_defaults)
@@ -59,8 +75,9 @@ class Engine(ModelHost):
         self.grammars, self._no_grammars = _grammars(loaded, self.limits.vocab_size, self.settings)
         if self.grammars is None:
             log.info("structured outputs off: %s", self._no_grammars)
-        loop = build_loop(loaded, self.settings, self.grammars)
-        adapters = AdapterManager(loaded.model, self.settings, served_name=self.settings.served_model_name)
+        loop = build_loop(loaded, self.settings, self.grammars, self.leader)
+        adapters = AdapterManager(loaded.model, self.settings, served_name=self.settings.served_model_name,
+                                  refusal=_adapter_refusal(s))
         adapters.on_change = metrics.LOADED_ADAPTERS.set
         adapters.start()  # before the loop runs: Kaito's adapters, `combined`, DEFAULT_ADAPTER
         adapters.run_exclusive = _between_steps(loop, loaded)  # from now on, between two steps
@@ -75,8 +92,23 @@ class Engine(ModelHost):
             stranded = [r for r in list(self._submitted.values()) if not r.stream.closed.is_set()]
         log.critical("the engine loop thread died; /health reports 503; failing %d waiting request(s)",
                      len(stranded))
+        lost = self.leader is not None
         for r in stranded:
-            r.stream.fail("the engine stopped unexpectedly")
+            if lost:  # a rank was lost: the server cannot go on, but the request was fine (503)
+                r.stream.abort("the engine stopped: a tensor-parallel rank was lost; retry")
+            else:
+                r.stream.fail("the engine stopped unexpectedly")
+        if lost and self.on_lost is not None:
+            self.on_lost()
+
+    def drain(self, timeout: float | None = None) -> None:
+        super().drain(timeout)
+        loop = self.loop
+        if self.leader is not None and loop is not None and loop.ended:
+            try:
+                self.leader.stop()  # the other ranks exit cleanly
+            except BaseException:  # noqa: BLE001 - a rank already gone: it exits on its own
+                log.warning("telling the other ranks to stop failed")
 
     # request path
     def _require(self) -> loader.LoadedModel:
@@ -118,6 +150,14 @@ class Engine(ModelHost):
         assert self.adapters is not None
         key = self.adapters.resolve(adapter, hold=True)
         try:
+            if self.leader is not None:  # every rank runs the forward, between two engine steps
+                leader, loop = self.leader, self.loop
+                assert loop is not None
+
+                def scored() -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+                    with leader.forward(Score(list(input_ids))):
+                        return token_logprobs(loaded, input_ids, start, top_n)
+                return loop.call(scored)
             if key is None:
                 return token_logprobs(loaded, input_ids, start, top_n)
             # the model lock keeps adapter changes (taken on the loop's thread) out of this forward
@@ -181,10 +221,20 @@ def _grammars(loaded: loader.LoadedModel, vocab_size: int, s: Settings) -> tuple
         return None, f"llguidance cannot use this tokenizer: {exc}"
 
 
-def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | None = None) -> EngineLoop:
-    """The policy, the runner and the loop for a loaded model, wired to the metrics."""
+def _adapter_refusal(s: Settings) -> str:
+    if s.tensor_parallel > 1:
+        return (f"LoRA adapters are not served under tensor parallelism "
+                f"(TENSOR_PARALLEL={s.tensor_parallel}): serve them with TENSOR_PARALLEL=1")
+    return ""
+
+
+def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | None = None,
+               leader: Leader | None = None) -> EngineLoop:
+    """The policy, the runner and the loop for a loaded model, wired to the metrics; with `leader`,
+    in lock-step with the other tensor-parallel ranks."""
     masks = MaskApplier(grammars.vocab_size, loaded.eos_token_ids) if grammars is not None else None
-    runner = ModelRunner(loaded, masks, on_mask=metrics.record_mask, on_draft=metrics.record_draft)
+    runner = ModelRunner(loaded, masks, on_mask=metrics.record_mask, on_draft=metrics.record_draft,
+                         leader=leader)
     batching, why = runner.supports_batching()
     if not batching:
         log.info("continuous batching off, every request uses exact generate: %s", why)
@@ -194,4 +244,6 @@ def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | Non
     policy = Policy(limits, batching=batching,
                     stop_checker=lambda params: StopChecker(loaded.tokenizer, params.stop),
                     on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc())
-    return EngineLoop(policy, runner, window_s=s.batch_window_ms / 1000.0, on_step=metrics.record_step)
+    heartbeat = (leader.flush, s.tensor_parallel_timeout_s / 4) if leader is not None else (None, None)
+    return EngineLoop(policy, runner, window_s=s.batch_window_ms / 1000.0, on_step=metrics.record_step,
+                      on_idle=heartbeat[0], idle_s=heartbeat[1])

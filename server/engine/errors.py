@@ -51,6 +51,11 @@ class EngineTimeout(StreamError):
     """The engine did not finish a request in time (overload, not a fault of the request)."""
 
 
+class EngineLost(StreamError):
+    """The engine stopped under this request for a reason outside it (a tensor-parallel rank was
+    lost): a 503, so that the client retries on another replica."""
+
+
 def is_client_fault(exc: BaseException) -> bool:
     """Whether a generation failure comes from the request's own parameters (a 4xx), not the server.
 

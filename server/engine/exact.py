@@ -10,10 +10,15 @@ path does (`stops.finish_reason` with a `StopChecker`: stop strings match on inc
 text, across token boundaries and spaces), and also applies cancellation and deadlines. When
 logprobs are wanted, a row's finish event waits until its logprobs (read from `generate`'s logits
 at the end) are pushed, so that a stream never ends before them.
+
+Under tensor parallelism the other ranks run the same `generate` call (server/engine/follower.py):
+rank 0 announces it with its inputs and a seed, then sends each step's tokens and which rows ended
+(stop strings, cancellation and deadlines are rank 0's to decide).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 
@@ -21,6 +26,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from server.engine.constraint_mask import ConstraintProcessor, MaskApplier
+from server.engine.lockstep import Exact, Leader
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.stops import StopChecker, finish_reason, text_of
 from server.model.loader import LoadedModel
@@ -48,14 +54,17 @@ class _ExactRow:
 class _StreamingCriteria(StoppingCriteria):
     """Streams each row's newest token and ends rows on EOS, stop strings, length, cancel or deadline."""
 
-    def __init__(self, rows: list[_ExactRow], stream: bool) -> None:
+    def __init__(self, rows: list[_ExactRow], stream: bool, leader: Leader | None = None) -> None:
         self.rows = rows
         self.stream = stream
+        self.leader = leader
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         now = time.monotonic()
         if not self.stream:  # beam search: rows are beams; stop only when every request gave up
             stop = all(r.request.stream.cancelled or (r.request.deadline or now + 1) < now for r in self.rows)
+            if self.leader is not None:
+                self.leader.step(None, [stop] * input_ids.shape[0])
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         last = input_ids[:, -1].tolist()
@@ -75,14 +84,17 @@ class _StreamingCriteria(StoppingCriteria):
                 elif req.deadline is not None and now > req.deadline:
                     row.end("timeout")
             done[i] = row.reason is not None
+        if self.leader is not None:
+            self.leader.step([int(t) for t in last], done.tolist())
         return done
 
 
 @torch.inference_mode()
 def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
-                   masks: MaskApplier | None = None) -> None:
+                   masks: MaskApplier | None = None, leader: Leader | None = None) -> None:
     """Run one `generate` call for requests whose parameters are identical (seed aside); their
-    output constraints, if any, as a logits processor (`masks` applies them)."""
+    output constraints, if any, as a logits processor (`masks` applies them). With `leader`, the
+    other tensor-parallel ranks run it too."""
     params = requests[0].params
     n = params.num_return_sequences
     pad = loaded.pad_token_id
@@ -92,27 +104,34 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
     for i, r in enumerate(requests):
         ids[i, width - r.prompt_tokens:] = torch.tensor(r.input_ids)
         mask[i, width - r.prompt_tokens:] = 1
-    config = GenerationConfig(**params.generate_kwargs(), return_dict_in_generate=True,
-                              output_logits=params.logprobs)
+    settings = {**params.generate_kwargs(), "return_dict_in_generate": True, "output_logits": params.logprobs}
+    config = GenerationConfig(**settings)
     # Per-step streaming only where each row of generate's input is one output sequence.
     stream = int(config.num_beams or 1) == 1
     rows = [_ExactRow(r, j, StopChecker(loaded.tokenizer, params.stop) if params.stop and stream else None,
                       defer_end=params.logprobs)
             for r in requests for j in range(n)]
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
     processors = LogitsProcessorList()
     if any(r.constraint is not None for r in requests):
         if masks is None:
             raise ValueError("output constraints are not supported with this model's tokenizer")
+        if leader is not None and not stream:
+            raise ValueError("beam search with an output constraint is not supported under tensor "
+                             "parallelism (the other ranks could not follow the constrained beams)")
         processors.append(ConstraintProcessor([r.constraint for r in requests], width, masks,
                                               [r.params.eos_token_ids for r in requests]))
+    seed = params.seed
+    if leader is not None:  # every rank samples from the same random state
+        seed = seed if seed is not None else secrets.randbits(63)
+        leader.start_exact(Exact(ids.tolist(), mask.tolist(), settings, seed))
+    if seed is not None:
+        torch.manual_seed(seed)
     out = loaded.model.generate(
         input_ids=ids.to(loaded.device),
         attention_mask=mask.to(loaded.device),
         generation_config=config,
         logits_processor=processors,
-        stopping_criteria=StoppingCriteriaList([_StreamingCriteria(rows, stream)]),
+        stopping_criteria=StoppingCriteriaList([_StreamingCriteria(rows, stream, leader)]),
     )
     sequences = out.sequences[:, width:].tolist()
     logits = out.logits if params.logprobs else None

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from server.engine.errors import EngineUnavailable
+from server.engine.lockstep import RankLost
 from server.engine.policy import Policy
 from server.engine.request import GenerationRequest
 from server.engine.runner import ModelRunner
@@ -26,11 +27,16 @@ log = logging.getLogger(__name__)
 
 class EngineLoop:
     def __init__(self, policy: Policy, runner: ModelRunner, window_s: float = 0.005,
-                 on_step: Callable[[str, int, float], None] | None = None) -> None:
+                 on_step: Callable[[str, int, float], None] | None = None,
+                 on_idle: Callable[[], None] | None = None, idle_s: float | None = None) -> None:
         self.policy = policy
         self.runner = runner
         self.window_s = window_s  # an idle loop waits this long so simultaneous arrivals share a prefill
         self.on_step = on_step  # metrics hook: (kind "prefill"/"decode", rows, seconds) per forward
+        # called every `idle_s` while there is nothing to do (tensor parallelism: a heartbeat to the
+        # other ranks, which would otherwise take rank 0's silence for its death)
+        self.on_idle = on_idle
+        self.idle_s = idle_s
         self._cond = threading.Condition()
         self._stopping = False
         self._calls: list[tuple[Callable[[], Any], Future]] = []  # run between two steps (call())
@@ -59,6 +65,11 @@ class EngineLoop:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
+
+    @property
+    def ended(self) -> bool:
+        """The loop's thread has run and returned (after `stop`, or after dying)."""
+        return self._thread.ident is not None and not self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()
@@ -101,6 +112,8 @@ class EngineLoop:
                     self._run_calls()
                     if self.policy.has_work:
                         self.step()
+                    elif self.on_idle is not None:
+                        self.on_idle()
         finally:
             with self._cond:
                 calls, self._calls = self._calls, []
@@ -113,14 +126,18 @@ class EngineLoop:
         for fn, future in calls:
             try:
                 future.set_result(fn())
+            except RankLost:  # the ranks are out of step: the loop ends (and the caller hears so)
+                future.set_exception(EngineUnavailable("the engine stopped: a tensor-parallel rank was lost"))
+                raise
             except BaseException as exc:  # handed to the caller's thread
                 future.set_exception(exc)
 
     def _wait_for_work(self) -> bool:
         with self._cond:
             while not self.policy.has_work and not self._calls and not self._stopping:
-                self._cond.wait()
-            if not self.policy.has_work and not self._calls:
+                if not self._cond.wait(self.idle_s) and self.on_idle is not None:
+                    return True  # idle for idle_s: the caller runs on_idle
+            if self._stopping and not self.policy.has_work and not self._calls:
                 return False  # stopping, nothing left
             idle = not self.policy.running and not self._calls
         if idle and self.window_s > 0:

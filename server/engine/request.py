@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.adapters.types import AdapterRef
-from server.engine.errors import EngineTimeout, StreamError, failure_message
+from server.engine.errors import EngineLost, EngineTimeout, StreamError, failure_message
 
 if TYPE_CHECKING:  # the policy imports this module and must not pull in llguidance's transformers
     from server.engine.grammar import Constraint
@@ -131,6 +131,11 @@ class TokenStream:
 
     def fail(self, message: str, client_error: bool = False) -> None:
         self._queue.put(StreamError(message, client_error))
+        self._close()
+
+    def abort(self, message: str) -> None:
+        """End the stream because the engine itself is gone (EngineLost: a 503, not a 500)."""
+        self._queue.put(EngineLost(message))
         self._close()
 
     def on_close(self, callback: Callable[[], None]) -> None:

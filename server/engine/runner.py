@@ -9,16 +9,24 @@ token per row and hands them back in a `StepOutput`; the policy decides what the
 
 Failure isolation: a failed prefill fails only the newcomers; a failed decode or merge fails the
 rows of that batch; a row whose distribution broke fails alone; the runner itself keeps going.
+
+Under tensor parallelism (`leader` set) the runner also tells the other ranks every change it makes
+to its batches and every forward it runs, so that they run the same (server/engine/lockstep.py);
+there a failed forward stops the engine instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 import torch
+from transformers import PreTrainedModel
 
 from server.adapters.runtime import use_adapters
+from server.engine import lockstep
 from server.engine.batch import Batch, Prefix, Row, supports_batching
 from server.engine.constraint_mask import MaskApplier
 from server.engine.errors import ConstraintDeadEnd, InvalidDistribution
@@ -34,8 +42,10 @@ log = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, masks: MaskApplier | None = None,
                  on_mask: Callable[[int, float], None] | None = None,
-                 on_draft: Callable[[int, int], None] | None = None) -> None:
+                 on_draft: Callable[[int, int], None] | None = None,
+                 leader: lockstep.Leader | None = None) -> None:
         self.loaded = loaded
+        self.leader = leader  # tensor parallelism: the other ranks follow every change
         self.model = loaded.model
         self.masks = masks  # constraint masks (None: the tokenizer does not support constraints)
         self.on_mask = on_mask  # metrics hook: (constrained rows, seconds) per step that masked
@@ -57,15 +67,23 @@ class ModelRunner:
     def reset(self) -> None:
         """Forget every row (after a failure the policy could not attribute)."""
         self._batch = self._fresh = None
+        self._note(lockstep.Clear("batch"))
+        self._note(lockstep.Clear("fresh"))
 
     def run(self, plan: StepPlan) -> StepOutput:
         out = StepOutput()
         leaving = {id(s) for s in plan.drop}
-        for batch in (self._batch, self._fresh):
-            if batch is not None:
-                batch.drop(leaving)
-        for key in [k for k in self._prefixes if k not in plan.prefixes]:
-            del self._prefixes[key]
+        for slot, batch in (("batch", self._batch), ("fresh", self._fresh)):
+            if batch is not None and leaving:
+                keep = [i for i, r in enumerate(batch.rows) if id(r.seq) not in leaving]
+                if len(keep) < len(batch):
+                    self._note(lockstep.Filter(slot, keep))
+                    batch.filter(keep)
+        gone = [k for k in self._prefixes if k not in plan.prefixes]
+        if gone:
+            self._note(lockstep.KeepPrefixes(plan.prefixes))
+            for key in gone:
+                del self._prefixes[key]
         self._merge(out)
         if plan.kind == "prefill":
             self._prefill(plan, out)
@@ -75,11 +93,20 @@ class ModelRunner:
             self._exact(plan.exact, out)
         return out
 
+    # tensor parallelism
+    def _note(self, op: lockstep.Op) -> None:
+        if self.leader is not None:
+            self.leader.note(op)
+
+    def _forward(self, op: lockstep.Op) -> AbstractContextManager[None]:
+        return self.leader.forward(op) if self.leader is not None else contextlib.nullcontext()
+
     # steps
     def _merge(self, out: StepOutput) -> None:
         fresh, self._fresh = self._fresh, None
         if not fresh:
             return
+        self._note(lockstep.Merge())
         if not self._batch:
             self._batch = fresh
             return
@@ -89,19 +116,22 @@ class ModelRunner:
             log.exception("merging %d row(s) into the batch failed", len(fresh))
             _fail(out, self._batch.rows + fresh.rows, exc)
             self._batch = None
+            self._note(lockstep.Clear("batch"))
 
     def _prefill(self, plan: StepPlan, out: StepOutput) -> None:
         try:
             rows = [self._row(seq) for seq in plan.rows]
             adapters = [r.request.adapter_key for r in rows]
-            with self.loaded.exclusive():
-                prefix = self._prefix(plan.prefix, adapters)
+            op = lockstep.Prefill([r.prompt for r in rows], plan.prefix, adapters)
+            with self.loaded.exclusive(), self._forward(op):
+                prefix = prefix_for(self.model, self._prefixes, plan.prefix, adapters)
                 with use_adapters(adapters):
                     fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
-            self._sample(fresh, logits, out)
+            self._sample("fresh", fresh, logits, out)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
             log.exception("prefill failed for %d row(s)", len(plan.rows))
             out.failed.extend((req, exc) for req in _distinct(s.request for s in plan.rows))
+            self._note(lockstep.Clear("fresh"))
             return
         self._fresh = fresh
 
@@ -111,25 +141,27 @@ class ModelRunner:
             return
         try:
             drafts = [r.sampler.draft() for r in batch.rows]
-            with self.loaded.exclusive(), use_adapters([r.request.adapter_key for r in batch.rows]):
-                if any(drafts):
-                    logits = batch.verify(self.model, drafts)
-                else:
-                    logits = batch.decode(self.model)
+            drafting = any(drafts)
+            with self.loaded.exclusive(), use_adapters([r.request.adapter_key for r in batch.rows]), \
+                    self._forward(lockstep.Decode(drafts if drafting else None)):
+                logits = batch.verify(self.model, drafts) if drafting else batch.decode(self.model)
             if logits.dim() == 3:
                 self._sample_drafted(batch, logits, drafts, out)
             else:
-                self._sample(batch, logits, out)
+                self._sample("batch", batch, logits, out)
         except Exception as exc:  # fail this step's rows; keep serving the queue
             log.exception("decode step failed for %d row(s)", len(batch))
             _fail(out, batch.rows, exc)
             self._batch = None
+            self._note(lockstep.Clear("batch"))
 
     def _exact(self, group: list[GenerationRequest], out: StepOutput) -> None:
         try:
             with self.loaded.exclusive(), use_adapters(group[0].adapter_key):  # one adapter per group
-                generate_exact(self.loaded, group, self.masks)
+                generate_exact(self.loaded, group, self.masks, self.leader)
         except Exception as exc:  # one failed call fails its requests, not the server
+            if self.leader is not None and self.leader.exact_steps:  # the other ranks ran its forwards
+                raise lockstep.RankLost(f"exact generate failed under tensor parallelism: {exc}") from exc
             log.exception("exact generate failed for %d request(s)", len(group))
             out.failed.extend((r, exc) for r in group)
 
@@ -139,24 +171,6 @@ class ModelRunner:
         matcher = req.constraint.matcher() if req.constraint is not None else None
         return Row(seq, RowSampler(req.params, req.input_ids, seq.index, self._logits_device, matcher),
                    length=req.prompt_tokens)
-
-    def _prefix(self, ids: tuple[int, ...] | None, adapters: list[str | None]) -> Prefix | None:
-        """The prefix's keys/values for these rows: each row's adapter's own (computed once under
-        that adapter and kept), stacked along the batch when the rows' adapters differ."""
-        if ids is None:
-            return None
-        per: dict[str | None, Prefix] = {}
-        for adapter in dict.fromkeys(adapters):
-            prefix = self._prefixes.get((adapter, ids))
-            if prefix is None:
-                with use_adapters(adapter):
-                    prefix = self._prefixes[(adapter, ids)] = Prefix.compute(self.model, list(ids))
-            per[adapter] = prefix
-        if len(per) == 1:
-            return next(iter(per.values()))
-        layers = [tuple(torch.cat([per[a].layers[n][kv] for a in adapters]) for kv in (0, 1))
-                  for n in range(len(per[adapters[0]].layers))]
-        return Prefix(ids, layers)  # type: ignore[arg-type]
 
     def _choose(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> tuple[Choice, set[int]]:
         """One token per row from `logits [B, V]`; the requests whose row failed (a broken
@@ -173,7 +187,7 @@ class ModelRunner:
         out.failed.extend((req, ConstraintDeadEnd()) for req in dead)
         return choice, bad
 
-    def _sample(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
+    def _sample(self, slot: lockstep.Slot, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
         """Choose one token per row; a row whose distribution broke fails its request alone."""
         rows = batch.rows
         choice, bad = self._choose(batch, logits, out)
@@ -183,9 +197,17 @@ class ModelRunner:
             token = choice.tokens[i]
             row.sampler.append(token)
             out.sampled.append(Sampled(row.seq, token, choice.logprobs[i], choice.top_logprobs[i]))
-        batch.set_next(choice.tokens)
+        self._set_next(slot, batch, choice.tokens)
         if bad:
-            batch.filter([i for i, r in enumerate(rows) if id(r.request) not in bad])
+            self._filter(slot, batch, [i for i, r in enumerate(rows) if id(r.request) not in bad])
+
+    def _set_next(self, slot: lockstep.Slot, batch: Batch, tokens: list[int]) -> None:
+        self._note(lockstep.SetNext(slot, tokens))
+        batch.set_next(tokens)
+
+    def _filter(self, slot: lockstep.Slot, batch: Batch, keep: list[int]) -> None:
+        self._note(lockstep.Filter(slot, keep))
+        batch.filter(keep)
 
     def _sample_drafted(self, batch: Batch, logits: torch.Tensor, drafts: list[list[int]],
                         out: StepOutput) -> None:
@@ -223,12 +245,13 @@ class ModelRunner:
                 out.sampled.extend(Sampled(row.seq, t) for t in tokens[1:])
             kept.append(len(tokens))
             last.append(tokens[-1])
+        self._note(lockstep.Accept(kept))
         batch.accept(kept)
-        batch.set_next(last)
+        self._set_next("batch", batch, last)
         if self.on_draft is not None:
             self.on_draft(drafted, accepted)
         if bad:
-            batch.filter([i for i, r in enumerate(rows) if id(r.request) not in bad])
+            self._filter("batch", batch, [i for i, r in enumerate(rows) if id(r.request) not in bad])
 
 
 def _distinct(requests: Iterable[GenerationRequest]) -> list[GenerationRequest]:
@@ -237,3 +260,24 @@ def _distinct(requests: Iterable[GenerationRequest]) -> list[GenerationRequest]:
 
 def _fail(out: StepOutput, rows: list[Row], exc: BaseException) -> None:
     out.failed.extend((req, exc) for req in _distinct(r.request for r in rows))
+
+
+def prefix_for(model: PreTrainedModel, kept: dict[PrefixKey, Prefix], ids: tuple[int, ...] | None,
+               adapters: list[str | None]) -> Prefix | None:
+    """The prefix's keys/values for these rows: each row's adapter's own (computed once under that
+    adapter and kept in `kept`), stacked along the batch when the rows' adapters differ. Every
+    tensor-parallel rank calls this with the same arguments and the same `kept` keys."""
+    if ids is None:
+        return None
+    per: dict[str | None, Prefix] = {}
+    for adapter in dict.fromkeys(adapters):
+        prefix = kept.get((adapter, ids))
+        if prefix is None:
+            with use_adapters(adapter):
+                prefix = kept[(adapter, ids)] = Prefix.compute(model, list(ids))
+        per[adapter] = prefix
+    if len(per) == 1:
+        return next(iter(per.values()))
+    layers = [tuple(torch.cat([per[a].layers[n][kv] for a in adapters]) for kv in (0, 1))
+              for n in range(len(per[adapters[0]].layers))]
+    return Prefix(ids, layers)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 On CUDA, accelerate places (and shards) the model with `device_map` and optional `max_memory`; on a
 machine without a GPU the model is loaded on the CPU with no dispatch hooks, which is fastest there.
+Under tensor parallelism (`ranks.world > 1`) transformers' `tp_plan` splits every layer across the
+ranks instead, each rank on its own GPU (or the CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from server.model import kernel_choice, quantize
 from server.model.cpu_kernels import use_onednn_linear
 from server.model.cpuinfo import cpu_flags
 from server.model.dtype_choice import DtypeChoice, config_dtype, resolve
+from server.model.ranks import SINGLE, Ranks
+from server.model.tensor_parallel import refusal
 from server.presets import PRESETS_DIR
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class LoadedModel:
     quantization: str = "none"
     weight_bytes: int = 0  # as stored (quantized weights count their int8/int4 data and scales)
     dtype_reason: str = ""  # why TORCH_DTYPE resolved to `dtype` (/info, the start-up log)
+    ranks: Ranks = SINGLE  # tensor parallelism: this process's rank and the group's size
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -144,7 +149,33 @@ def check_quantization(s: Settings) -> None:
     quantize.check(s.quantization, cuda=cuda, gguf=split_gguf(s.model_path)[1] is not None)
 
 
-def load(s: Settings) -> LoadedModel:
+def check_tensor_parallel(s: Settings) -> None:
+    """Refuse (ModelLoadError, naming the sizes) a TENSOR_PARALLEL the model's config cannot split."""
+    if s.tensor_parallel <= 1:
+        return
+    path, gguf = split_gguf(s.model_path)
+    common: dict[str, Any] = {"local_files_only": not s.allow_remote_files,
+                              "trust_remote_code": s.trust_remote_code}
+    if gguf:
+        common["gguf_file"] = gguf
+    why = refusal(AutoConfig.from_pretrained(path, **common), s.tensor_parallel)
+    if why:
+        raise ModelLoadError(f"TENSOR_PARALLEL={s.tensor_parallel}: {why}")
+
+
+def _placement(s: Settings, cuda: bool, ranks: Ranks) -> dict[str, Any]:
+    """`from_pretrained` arguments that place the weights: a tensor-parallel split, or device_map."""
+    if ranks.world == 1:
+        return resolve_device_map(s, cuda)
+    try:
+        from transformers.distributed import DistributedConfig
+
+        return {"distributed_config": DistributedConfig(tp_plan="auto")}
+    except ImportError:  # transformers before DistributedConfig took the plan
+        return {"tp_plan": "auto"}
+
+
+def load(s: Settings, ranks: Ranks = SINGLE) -> LoadedModel:
     cuda = torch.cuda.is_available() and s.device_map != "cpu"
     path, gguf = split_gguf(s.model_path)
     check_quantization(s)
@@ -158,6 +189,8 @@ def load(s: Settings) -> LoadedModel:
     if gguf:
         common["gguf_file"] = gguf
     dtype_choice = resolve_dtype(s, path, cuda, common)
+    if ranks.world > 1:
+        check_tensor_parallel(s)
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
     skip = s.quantization_skip
     if s.quantization == "int8":
@@ -172,7 +205,7 @@ def load(s: Settings) -> LoadedModel:
         common["quantization_config"] = qconfig
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype_choice.dtype, **resolve_device_map(s, cuda), **common
+            path, dtype=dtype_choice.dtype, **_placement(s, cuda, ranks), **common
         )
     except ValueError as exc:
         if qconfig is None:
@@ -185,9 +218,12 @@ def load(s: Settings) -> LoadedModel:
                              f"{quantize.library(s.quantization)} can quantize (torch.nn.Linear); serve "
                              "it with QUANTIZATION=none")
     model.eval()
-    if not cuda:
+    if not cuda and ranks.world == 1:
         model.to("cpu")
         _choose_kernels(model, s)  # quantized layers keep their library's kernels
+    elif not cuda:
+        log.info("tensor parallel: F.linear on every rank's shards (no kernel timing: the ranks "
+                 "would time different steps and fall out of step)")
     template = read_chat_template(s.chat_template)
     if template:
         tokenizer.chat_template = template
@@ -207,6 +243,7 @@ def load(s: Settings) -> LoadedModel:
         quantization=s.quantization,
         weight_bytes=quantize.weight_bytes(model),
         dtype_reason=dtype_choice.reason,
+        ranks=ranks,
     )
     log.info(
         "model loaded: %s params, dtype %s (%s), quantization %s (%d layers), weights %.1f MiB, device %s, "

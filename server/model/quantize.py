@@ -184,7 +184,10 @@ def prepare(model: nn.Module, quantization: str) -> int:
 def _tensor_bytes(t: torch.Tensor) -> int:
     """Storage a tensor really holds: quanto's and torchao's weights are wrapper subclasses whose
     bytes live in inner tensors (int8/packed int4 data, scales, shifts); `element_size()` would
-    report float."""
+    report float. A tensor-parallel DTensor counts this rank's shard."""
+    local = getattr(t, "to_local", None)
+    if local is not None:
+        return _tensor_bytes(local())
     flatten = getattr(type(t), "__tensor_flatten__", None)
     if flatten is not None:
         names, _ = t.__tensor_flatten__()

@@ -59,6 +59,10 @@ DRAFTED = Counter("inferbox_speculative_drafted_tokens", "Tokens proposed by pro
                   "(speculative decoding)", registry=REGISTRY)
 ACCEPTED = Counter("inferbox_speculative_accepted_tokens", "Drafted tokens the model's own greedy choice "
                    "confirmed (divide by drafted for the acceptance rate)", registry=REGISTRY)
+BROADCAST_SECONDS = Histogram("inferbox_tensor_parallel_broadcast_seconds", "Time rank 0 spends sending "
+                              "each engine message to the other tensor-parallel ranks (one per forward, "
+                              "plus one per step of an exact generate call)", registry=REGISTRY,
+                              buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
 LOADED_ADAPTERS = Gauge("inferbox_loaded_adapters", "LoRA adapters loaded in the model (named adapters, "
                         "`combined` and cached merges)", registry=REGISTRY)
 INFLIGHT = Gauge("inferbox_inflight_requests", "HTTP requests in flight (streams until their last byte)",
