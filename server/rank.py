@@ -9,6 +9,7 @@ stops every rank once its own requests are done.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 from server.config import Settings
@@ -30,7 +31,8 @@ def serve(settings: Settings) -> int:
         group = ranks.join(s.tensor_parallel, s.rank, s.local_rank, s.local_world_size or s.tensor_parallel,
                            s.tensor_parallel_timeout_s, s.torch_threads)
         loaded = loader.load(settings, group)
-        log.info("rank %d of %d: model loaded; following rank 0", s.rank, s.tensor_parallel)
+        log.info("rank %d of %d (pid %d): model loaded; following rank 0", s.rank, s.tensor_parallel,
+                 os.getpid())
         follower = Follower(loaded, Channel(group.control))
         follower.run()
     except RankLost as exc:

@@ -106,23 +106,35 @@ def test_cpu_kernel_settings() -> None:
     assert load_settings({"CPU_LINEAR": "measure"}).cpu_linear == "measure"  # auto's old name
 
 
-def test_tensor_parallel_is_refused_until_the_runtime_exists() -> None:
-    """TENSOR_PARALLEL > 1 must not quietly serve on one GPU: the server refuses at start, saying why."""
+def test_tensor_parallel_settings_and_refusals() -> None:
+    """TENSOR_PARALLEL > 1 serves the chat engine in lock-step; what it cannot split is refused at
+    start, each with the reason."""
     assert load_settings({}).tensor_parallel == 1
-    assert load_settings({"TENSOR_PARALLEL": "1"}).tensor_parallel == 1
-    with pytest.raises(ConfigError, match="TENSOR_PARALLEL=2: tensor parallel serving is not implemented"):
-        load_settings({"TENSOR_PARALLEL": "2"})
+    s = load_settings({"TENSOR_PARALLEL": "2", "RANK": "1", "LOCAL_RANK": "1",
+                       "TENSOR_PARALLEL_TIMEOUT_S": "30"})
+    assert (s.tensor_parallel, s.rank, s.local_rank, s.tensor_parallel_timeout_s) == (2, 1, 1, 30.0)
     with pytest.raises(ConfigError, match="TENSOR_PARALLEL must be at least 1"):
         load_settings({"TENSOR_PARALLEL": "0"})
     with pytest.raises(ConfigError, match="TENSOR_PARALLEL="):
         load_settings({"TENSOR_PARALLEL": "two"})
+    with pytest.raises(ConfigError, match="RANK=2 is not a rank of TENSOR_PARALLEL=2"):
+        load_settings({"TENSOR_PARALLEL": "2", "RANK": "2"})
+    for env, reason in (({"QUANTIZATION": "int8"}, "quantized layers are not split"),
+                        ({"MODEL_KIND": "embedding"}, "only the chat engine"),
+                        ({"DEFAULT_ADAPTER": "sql"}, "LoRA adapters are not split"),
+                        ({"MAX_MEMORY": "0=20GiB"}, "MAX_MEMORY"),
+                        ({"CPU_LINEAR": "onednn"}, "do not take sharded weights")):
+        with pytest.raises(ConfigError, match=reason):
+            load_settings({"TENSOR_PARALLEL": "2", **env})
 
 
 def test_a_launcher_world_size_is_the_tensor_parallel_size() -> None:
-    """torchrun and `accelerate launch --num_processes N` start N processes with WORLD_SIZE=N: each
-    is refused, as TENSOR_PARALLEL=N is, rather than N servers racing for one port."""
+    """torchrun and `accelerate launch --num_processes N` start N processes with WORLD_SIZE=N and a
+    RANK each: every one is a rank of one server."""
     assert load_settings({"WORLD_SIZE": "1"}).tensor_parallel == 1
-    with pytest.raises(ConfigError, match="TENSOR_PARALLEL=2"):
-        load_settings({"WORLD_SIZE": "2"})
+    s = load_settings({"WORLD_SIZE": "2", "RANK": "1"})
+    assert (s.tensor_parallel, s.rank) == (2, 1)
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2 but TENSOR_PARALLEL=4"):
+        load_settings({"WORLD_SIZE": "2", "TENSOR_PARALLEL": "4"})
     with pytest.raises(ConfigError, match="WORLD_SIZE"):
         load_settings({"WORLD_SIZE": "two"})

@@ -110,9 +110,9 @@ class TensorParallelPlan:
             f"tokens that fit in the KV cache: {tokens:,} (= {tokens / self.context_length:.1f} sequences "
             f"of the full {self.context_length:,}-token context)",
             f"tensor-parallel sizes that work for {self.preset}: {', '.join(map(str, self.working))}",
-            f"serve it with TENSOR_PARALLEL={n}"
-            + (f" QUANTIZATION={self.quantization}" if self.quantization != "none" else "")
-            + " once the tensor-parallel runtime lands (the server refuses TENSOR_PARALLEL > 1 until then)",
+            f"serve it with TENSOR_PARALLEL={n}" if self.quantization == "none" else
+            f"QUANTIZATION={self.quantization} is not served under tensor parallelism (the server refuses "
+            "it at start): this plan shows the memory it would take",
         ]
         return "\n".join(lines)
 

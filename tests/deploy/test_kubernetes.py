@@ -5,6 +5,7 @@ agrees with the preset it serves."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import ValidationError as K8sValidationError
 
-from server.config import ENV_VARS
+from server.config import ENV_VARS, load_settings
 from server.kaito_flags import flags_to_env
 from server.presets import load_preset
 
@@ -296,10 +297,17 @@ def test_leader_is_rank_0_behind_the_service_and_the_workers_join_it():
     assert 5000 in [p["containerPort"] for p in leader["ports"]] and "ports" not in worker
 
 
-def test_tensor_parallel_manifests_say_the_runtime_is_not_there_yet():
-    for path in (LEADER_WORKER_SET, WORKSPACE_TP):
-        header = path.read_text().split("apiVersion:", 1)[0]
-        assert "not implemented in the server" in header and "TENSOR_PARALLEL > 1" in header, path.name
+def test_every_rank_of_the_leaderworkerset_is_a_configuration_the_server_takes():
+    """The variables each pod gets (LWS's substituted) load as settings: no refusal at start."""
+    group = lws_docs()["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]
+    lws = {"LWS_GROUP_SIZE": str(group["size"]), "LWS_LEADER_ADDRESS": "inferbox-tp-0.inferbox-tp"}
+    for role, rank in (("leaderTemplate", 0), ("workerTemplate", 1)):
+        (container,) = group[role]["spec"]["containers"]
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
+        env = {k: re.sub(r"\$\((\w+)\)", lambda m: lws[m.group(1)], v) for k, v in env.items()}
+        env["RANK"] = str(rank)  # the downward API's worker index
+        settings = load_settings(env)
+        assert (settings.tensor_parallel, settings.rank) == (group["size"], rank)
 
 
 def test_tensor_parallel_workspace_validates_against_kaitos_crd():
