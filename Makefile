@@ -11,7 +11,7 @@ EMBED_MODEL_DIR := models/all-minilm-l6-v2
 EMBED_PKG := .cache/minilm-pkg
 PORT ?= 5000
 
-.PHONY: install model embed-model run test test-unit lint bench bench-speculative bench-quality bench-gpu soak clean image image-test plan clients browser
+.PHONY: install model embed-model run test test-unit lint bench bench-speculative bench-tensor-parallel tiny-model bench-quality bench-gpu soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,14 @@ bench-speculative: install model
 	$(PY) -m bench.speculative_check $(SPECULATIVE_ARGS)
 
 # Perplexity, top-1 agreement with float32 and weight memory for QUANTIZATION=none,int8,int4.
+# Tensor parallelism on this CPU: 2 ranks x (cores / 2) threads against 1 process (bench/tensor_parallel_check.py).
+bench-tensor-parallel: install model
+	$(PY) -m bench.tensor_parallel_check $(TENSOR_PARALLEL_ARGS)
+
+# A small random Llama (8 heads, 4 KV heads) with the embedded tokenizer: TENSOR_PARALLEL=2 runs it.
+tiny-model: install model
+	$(PY) -m tools.tiny_model models/tiny-llama
+
 bench-quality: install model
 	$(PY) -m bench.quality $(QUALITY_ARGS)
 

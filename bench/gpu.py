@@ -11,7 +11,9 @@
 3. Prints tokens/s, the ratios with their targets (c=32 >= 1.5x static batch 32; c=1 >= 0.9x bare;
    c=32 >= generate_batch), and the memory-bandwidth roofline: at batch 1 every step reads every
    weight, so bandwidth / weight bytes is the ceiling in tokens/s.
-4. Writes gpu-<time>.json and gpu-<time>.png to OUT_DIR.
+4. With `--tensor-parallel N` (a machine with N GPUs or more), the server again split over N GPUs
+   (TENSOR_PARALLEL=N, unquantized), and its tokens/s over the one-GPU server's at each c.
+5. Writes gpu-<time>.json and gpu-<time>.png to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -140,10 +142,10 @@ def run_bare(model_dir: Path, dtype: torch.dtype, quantization: str, prompts: li
 
 
 def run_server(model_dir: Path, dtype: str, quantization: str, prompts: list[str], conc: list[int],
-               rounds: int, new_tokens: int, log_dir: Path) -> dict[str, Any]:
+               rounds: int, new_tokens: int, log_dir: Path, tensor_parallel: int = 1) -> dict[str, Any]:
     env = {"MODEL_PATH": str(model_dir), "TORCH_DTYPE": dtype, "QUANTIZATION": quantization,
            "MAX_BATCH_SIZE": str(max(conc)), "MAX_BATCH_TOKENS": str(max(conc) * 4096),
-           "LOG_LEVEL": "warning"}
+           "LOG_LEVEL": "warning", "TENSOR_PARALLEL": str(tensor_parallel)}
     srv = start_server(log_dir, env, timeout=900)
     try:
         _request(srv.url, prompts[0], 2)  # warm-up
@@ -231,7 +233,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=2, help="requests per client (c = 1: twice this)")
     ap.add_argument("--bandwidth-gbs", type=float, default=None, help="default: by the GPU's name")
     ap.add_argument("--work-dir", type=Path, default=None, help="where the model folder is written")
+    ap.add_argument("--tensor-parallel", type=int, default=1, help="also serve split over this many GPUs")
     args = ap.parse_args(argv)
+    if args.tensor_parallel > 1 and torch.cuda.device_count() < args.tensor_parallel:
+        ap.error(f"--tensor-parallel {args.tensor_parallel} needs as many GPUs; "
+                 f"this machine has {torch.cuda.device_count()}")
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
     device = torch.cuda.get_device_name(0) if cuda else f"cpu x{os.cpu_count()}"
@@ -257,16 +263,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["ratios"] = ratios(run)
             run["roofline_tokens_per_s"] = bandwidth * 1e9 / run["weight_bytes"] if bandwidth else None
             runs.append(run)
+        split = None
+        if args.tensor_parallel > 1:
+            n = args.tensor_parallel
+            print(f"TENSOR_PARALLEL={n}: server", flush=True)
+            levels = run_server(model_dir, described["dtype"], "none", prompts, conc, args.rounds,
+                                args.new_tokens, work, tensor_parallel=n)["server"]
+            one = next(r for r in runs if r["quantization"] == "none")["server"] if "none" in [
+                r["quantization"] for r in runs] else None
+            split = {"tensor_parallel": n, "server": levels,
+                     "ratio_vs_one_gpu": [s["tokens_per_s"] / o["tokens_per_s"]
+                                          for s, o in zip(levels, one, strict=True)] if one else None}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {"time": stamp, "device": device, "bandwidth_gbs": bandwidth, "model": described,
               "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rounds": args.rounds,
-              "platform": platform.platform(), "torch": torch.__version__, "runs": runs}
+              "platform": platform.platform(), "torch": torch.__version__, "runs": runs,
+              "tensor_parallel": split}
     json_path = args.out / f"gpu-{stamp}.json"
     json_path.write_text(json.dumps(result, indent=2))
     chart(result, json_path.with_suffix(".png"))
     print(table(result))
+    if split is not None:
+        for c, level, ratio in zip(conc, split["server"], split["ratio_vs_one_gpu"] or [None] * len(conc),
+                                   strict=True):
+            print(f"TENSOR_PARALLEL={split['tensor_parallel']} c={c}: {level['tokens_per_s']:.1f} tok/s"
+                  + (f" ({ratio:.2f}x one GPU)" if ratio else ""))
     print(f"wrote {json_path} and {json_path.with_suffix('.png')}")
     return result
 
