@@ -16,14 +16,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from bench.client import chat, throughput
+from tools.adapters import make_adapters
 from tools.local_server import start_server
 
 
 def adapter_check(url: str, model: str, env: dict[str, str], log_dir: Path, n: int, rank: int,
                   clients: int, repeats: int, rounds: int, new_tokens: int) -> dict:
-    from bench.run import chat, throughput
-    from tests.adapters import make_adapters
-
     folder = log_dir / f"adapters-{n}x{rank}"
     if not folder.is_dir():
         make_adapters(model, folder, n=n, ranks=(rank,), seed=7)

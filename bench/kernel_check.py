@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.client import chat, throughput
 from bench.workload import generate_kwargs, messages
 from tools.local_server import start_server
 
@@ -28,7 +29,6 @@ def _latency(url: str, i: int, new_tokens: int) -> float:
 
 def kernel_check(url: str, model: str, env: dict[str, str], log_dir: Path, levels: list[int],
                  repeats: int, rounds: int, new_tokens: int, runs: int) -> dict:
-    from bench.run import chat, throughput
 
     pinned = {}
     try:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from server.errors import ConfigError
+from server.handlers.deployment import read_deployment
 from server.presets import Preset, load_preset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +26,6 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODEL_KINDS = ("chat", "embedding", "handler")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")  # server/model/quantize.py serves them
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -250,8 +248,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         values["api_keys"] = tuple(dict.fromkeys((*values.get("api_keys", ()), *_keys_file(keys_file))))
     deployment = env.get("DEPLOYMENT_YAML")
     if deployment:  # a MosaicML deployment YAML: its handler, parameters and weights' local path
-        from server.handlers.deployment import read_deployment
-
         for name, value in read_deployment(deployment).items():
             values.setdefault(name, value)  # explicit variables win over the YAML
     world = env.get("WORLD_SIZE")  # torchrun / accelerate launch: one process per rank

@@ -42,7 +42,7 @@ def base_url(server: ServerProcess) -> str:
 def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ADAPTERS_DIR with three real peft LoRA adapters for the embedded model, as Kaito mounts
     them: `adapter1` (rank 4), `adapter2` (rank 4), `adapter3` (rank 8), seeded, q_proj/v_proj."""
-    from tests.adapters import make_adapters
+    from tools.adapters import make_adapters
 
     root = tmp_path_factory.mktemp("adapters")
     make_adapters(MODEL_DIR, root, n=3)
@@ -53,6 +53,6 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def foreign_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Adapters trained for other base models: `shape` (a narrower llama) and `modules` (GPT-2's
     module names); each folder is complete and valid for its own base."""
-    from tests.adapters import make_foreign_adapters
+    from tools.adapters import make_foreign_adapters
 
     return make_foreign_adapters(tmp_path_factory.mktemp("foreign-adapters"))

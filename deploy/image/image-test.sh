@@ -130,8 +130,8 @@ buildah run --isolation chroot --user "$user" "$ctr" -- test -r /workspace/tfs/w
 log "weights readable at Kaito's /workspace/tfs/weights"
 
 # 2b. A LoRA adapter mounted as Kaito mounts it (/mnt/adapter/<name>/): built here with peft on the
-# embedded model (tests/adapters.py), read-only in the container, its Kaito strength as a variable.
-"$py" -c "import sys; from tests.adapters import make_adapter
+# embedded model (tools/adapters.py), read-only in the container, its Kaito strength as a variable.
+"$py" -c "import sys; from tools.adapters import make_adapter
 make_adapter(sys.argv[1], sys.argv[2], rank=4, seed=7)" models/smollm2-135m-instruct "$workdir/adapters/imglora"
 chmod -R a+rX "$workdir/adapters"
 run_args=(--volume "$workdir/adapters:/mnt/adapter:ro" --env imglora=1.0)

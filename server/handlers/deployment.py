@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.errors import ConfigError
+
 
 class DownloadParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -39,8 +41,6 @@ class Deployment(BaseModel):
 
 def read_deployment(path: str) -> dict[str, Any]:
     """Settings fields from the YAML; raises ConfigError (a ValueError) with the reason."""
-    from server.config import ConfigError
-
     try:
         data = yaml.safe_load(Path(path).read_text())
         dep = Deployment.model_validate(data)

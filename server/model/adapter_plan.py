@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.errors import PlanError
+from server.units import gib
+
 ADAPTER_DTYPE_BYTES = 4  # peft's autocast_adapter_dtype keeps LoRA weights in float32
 ALL_LINEAR = "all-linear"
 RESIDENT_COPIES = 2  # peft's matrices and the engine's stacked copy
@@ -93,7 +96,6 @@ def place_adapters(model: Any, gpus: list[Any], layer_gpu: dict[int, int], count
                    targets: Sequence[str] | None) -> AdapterPlan | None:
     """Add `count` adapters to each GPU's weights, on the GPU of the layer each matrix belongs to;
     PlanError when they are malformed or do not fit beside the weights."""
-    from server.model.plan import PlanError, _gib
 
     if not count:
         return None
@@ -105,9 +107,9 @@ def place_adapters(model: Any, gpus: list[Any], layer_gpu: dict[int, int], count
         gpus[layer_gpu.get(i, 0)].weights += RESIDENT_COPIES * count * size
     for g in gpus:
         if g.weights + g.reserve > g.capacity:
-            raise PlanError(f"{count} adapters of rank {rank} ({_gib(lora.total_bytes)}) do not fit: GPU "
-                            f"{g.index} would hold {_gib(g.weights)} of weights and adapters beside a "
-                            f"{_gib(g.reserve)} reserve on {_gib(g.capacity)}")
+            raise PlanError(f"{count} adapters of rank {rank} ({gib(lora.total_bytes)}) do not fit: GPU "
+                            f"{g.index} would hold {gib(g.weights)} of weights and adapters beside a "
+                            f"{gib(g.reserve)} reserve on {gib(g.capacity)}")
     return lora
 
 

@@ -25,16 +25,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.errors import PlanError
+from server.model.adapter_plan import place_adapters
 from server.presets import Architecture, Preset, load_preset
+from server.units import GIB, gib
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-GIB = 1024**3
-
-
-class PlanError(ValueError):
-    """The model cannot be served on the given GPUs (or the request is malformed)."""
-
-
 @dataclass
 class GpuPlan:
     index: int
@@ -78,15 +74,15 @@ class Plan:
     def render(self) -> str:
         lines = [
             f"preset {self.preset}: {self.model_type} ({self.config_class}), {self.parameters / 1e9:.2f}B "
-            f"parameters, {self.dtype}{self._quantized}, weights {_gib(self.weight_bytes)} "
+            f"parameters, {self.dtype}{self._quantized}, weights {gib(self.weight_bytes)} "
             f"({self.weight_bytes / 1e9:.1f} GB)",
             *([self.adapters.render()] if self.adapters and self.adapters.count else []),
             f"{'gpu':>4} {'capacity':>11} {'weights':>11} {'layers':>6} {'reserve':>9} {'free for KV':>11}",
         ]
         for g in self.gpus:
             lines.append(
-                f"{g.index:>4} {_gib(g.capacity):>11} {_gib(g.weights):>11} {g.layers:>6} "
-                f"{_gib(g.reserve):>9} {_gib(g.free):>11}"
+                f"{g.index:>4} {gib(g.capacity):>11} {gib(g.weights):>11} {g.layers:>6} "
+                f"{gib(g.reserve):>9} {gib(g.free):>11}"
             )
         tokens = self.tokens_fit
         lines += [
@@ -104,10 +100,6 @@ class Plan:
     @property
     def _quantized(self) -> str:
         return f" weights quantized to {self.quantization}" if self.quantization != "none" else ""
-
-
-def _gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"
 
 
 def parse_size(text: str) -> int:
@@ -315,7 +307,7 @@ def plan(
     # What each GPU may hold for weights: its capacity less the reserve (CUDA context, activations).
     budget = {i: c - reserve_bytes for i, c in enumerate(capacities)}
     if min(budget.values()) <= 0:
-        raise PlanError(f"the reserve ({reserve}) leaves no memory on a {_gib(min(capacities))} GPU")
+        raise PlanError(f"the reserve ({reserve}) leaves no memory on a {gib(min(capacities))} GPU")
     device_map = auto_device_map(model, budget, no_split, torch_dtype, quantizer)
     sizes = {k: int(v) for k, v in compute_module_sizes(model, hf_quantizer=quantizer)[0].items()}
     if quantizer is not None:
@@ -330,9 +322,9 @@ def plan(
         need = -(-total // GIB)
         raise PlanError(
             f"{p.name} in {dtype}{' with ' + quantization + ' weights' if quantizer else ''} needs "
-            f"{_gib(total)} of weights ({_gib(spilled)} would spill to "
-            f"{'/'.join(offloaded)}); {len(capacities)} GPU(s) of {', '.join(_gib(c) for c in capacities)} "
-            f"hold at most {_gib(sum(budget.values()))} after a {reserve} reserve each. "
+            f"{gib(total)} of weights ({gib(spilled)} would spill to "
+            f"{'/'.join(offloaded)}); {len(capacities)} GPU(s) of {', '.join(gib(c) for c in capacities)} "
+            f"hold at most {gib(sum(budget.values()))} after a {reserve} reserve each. "
             f"Use more or larger GPUs (at least {need} GiB of weights in all plus KV cache)."
         )
     per_gpu = [GpuPlan(index=i, capacity=c, reserve=reserve_bytes) for i, c in enumerate(capacities)]
@@ -347,7 +339,6 @@ def plan(
                 layer_gpu.setdefault(i, device)
     for i in range(p.architecture.num_hidden_layers):
         per_gpu[layer_gpu.get(i, 0)].layers += 1
-    from server.model.adapter_plan import place_adapters
 
     lora = place_adapters(model, per_gpu, layer_gpu, adapters, adapter_rank, adapter_targets)
     result = Plan(

@@ -25,7 +25,6 @@ from transformers.integrations.accelerate import compute_module_sizes
 
 from server.model.plan import (
     DTYPE_BYTES,
-    GIB,
     PlanError,
     build_empty_model,
     config_kwargs,
@@ -37,6 +36,7 @@ from server.model.plan import (
 )
 from server.model.tensor_parallel import kv_heads_per_rank, refusal, working_sizes
 from server.presets import Preset, load_preset
+from server.units import gib
 
 # transformers' tp styles that split a module's weight, by the weight dimension they split
 # (transformers/distributed/tensor_parallel.py): Linear weights are (out, in), Embedding (vocab, hidden)
@@ -115,10 +115,6 @@ class TensorParallelPlan:
             "it at start): this plan shows the memory it would take",
         ]
         return "\n".join(lines)
-
-
-def gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"
 
 
 def shard_sizes(size: int, n: int) -> list[int]:

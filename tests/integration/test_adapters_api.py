@@ -1,5 +1,5 @@
 """LoRA adapters through every dialect, on the real server (gunicorn, the embedded model) whose
-ADAPTERS_DIR holds real peft adapters built by tests/adapters.py in a temporary folder.
+ADAPTERS_DIR holds real peft adapters built by tools/adapters.py in a temporary folder.
 
 One server for the module (starting it is the slow part): adapter1/adapter2 (rank 4) and
 adapter3 (rank 8) in ADAPTERS_DIR; an extra root holding a run-time adapter, a corrupt one, one
@@ -22,9 +22,9 @@ import openai
 import pytest
 import requests
 
-from tests.adapters import make_adapters
 from tests.conftest import MODEL_DIR, ServerProcess, start_server
 from tests.integration.test_real_clients import _run as run_client
+from tools.adapters import make_adapters
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # builds adapters on the model in-process
 

@@ -59,7 +59,7 @@ class Reference:
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from tests.adapters import load_base
+        from tools.adapters import load_base
 
         self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
         self.model = PeftModel.from_pretrained(load_base(MODEL_DIR), str(adapters_dir / "adapter1"),

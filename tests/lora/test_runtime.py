@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 
 from server.adapters.runtime import LoraRuntime, RowPlan, use_adapters
-from tests.adapters import make_adapter, make_tiny_base
+from tools.adapters import make_adapter, make_tiny_base
 
 pytestmark = pytest.mark.model
 
