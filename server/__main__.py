@@ -17,12 +17,17 @@ import sys
 from pathlib import Path
 
 from server.config import ConfigError, Settings, load_settings
-from server.kaito_flags import flags_to_env
+from server.kaito_flags import flags_to_env, ignored_flags
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        env = flags_to_env(sys.argv[1:] if argv is None else argv)
+        flags = sys.argv[1:] if argv is None else argv
+        env = flags_to_env(flags)
+        ignored = ignored_flags(flags)
+        if ignored:
+            print(f"inferbox: ignoring command-line flags this server does not use: {' '.join(ignored)}",
+                  file=sys.stderr)
         os.environ.update(env)
         settings = load_settings()  # fail fast on bad configuration, before gunicorn forks
         if settings.quantization != "none":
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         sys.exit(f"inferbox: refusing to start: {exc}")
     if settings.tensor_parallel > 1:
-        if "RANK" not in os.environ:  # nobody started the ranks: start those of this machine
+        if settings.rank is None:  # nobody started the ranks: start those of this machine
             _start_ranks(settings.tensor_parallel)
         elif settings.rank > 0:
             from server.rank import serve

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -21,9 +20,6 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ignored = os.environ.get("_INFERBOX_IGNORED_FLAGS")
-    if ignored:
-        log.warning("ignoring command-line flags this server does not use: %s", ignored)
 
     app = Flask("inferbox")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -6,6 +6,7 @@ environment variables before gunicorn starts, so the worker reads one source of 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from server.adapters.paths import scan
 from server.errors import ConfigError
 from server.handlers.deployment import read_deployment
 from server.presets import Preset, load_preset
@@ -41,7 +43,7 @@ class Settings:
     device_map: str = "auto"
     tensor_parallel: int = 1  # ranks one model is split across (README: "Tensor parallelism")
     tensor_parallel_timeout_s: float = 60.0  # the longest any collective may wait for another rank
-    rank: int = 0  # this process's rank (torchrun's RANK); 0 serves HTTP
+    rank: int | None = None  # this process's rank (torchrun's RANK; None: no launcher set one); 0 serves HTTP
     local_rank: int = 0  # its GPU on this machine (LOCAL_RANK)
     local_world_size: int = 0  # ranks on this machine (LOCAL_WORLD_SIZE; 0: all of them)
     max_memory: dict[str, str] = field(default_factory=dict)
@@ -53,8 +55,9 @@ class Settings:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     host: str = "0.0.0.0"
     port: int = 5000
-    threads: int = 64
-    graceful_timeout: int = 30
+    threads: int = 64  # gunicorn's HTTP threads (generation runs on the engine's thread)
+    graceful_timeout: int = 30  # seconds gunicorn gives a SIGTERM'd worker (the drain fits in it)
+    worker_timeout: int = 120  # seconds of worker silence before gunicorn restarts it (not request length)
     max_body_bytes: int = 1_048_576
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
@@ -91,6 +94,8 @@ class Settings:
     max_client_batch_size: int = 64
     # LoRA adapters (README: "LoRA adapters"); server/adapters/ serves them
     adapters_dir: str = "/mnt/adapter"  # Kaito mounts each adapter at /mnt/adapter/<name>/
+    # Kaito's strength of each adapter found in ADAPTERS_DIR: a variable named after it (default 1.0)
+    adapter_strengths: dict[str, float] = field(default_factory=dict)
     adapter_roots: tuple[str, ...] = ()  # more folders `local` adapter paths may point into
     default_adapter: str = ""  # "" = `combined` when ADAPTERS_DIR holds adapters, else `base`
     max_loaded_adapters: int = 16
@@ -171,6 +176,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "PORT": ("port", int),
     "THREADS": ("threads", int),
     "GRACEFUL_TIMEOUT": ("graceful_timeout", int),
+    "WORKER_TIMEOUT": ("worker_timeout", int),
     "MAX_BODY_BYTES": ("max_body_bytes", int),
     "MAX_BATCH_SIZE": ("max_batch_size", int),
     "MAX_BATCH_TOKENS": ("max_batch_tokens", int),
@@ -229,6 +235,23 @@ def _from_preset(preset: Preset) -> dict[str, Any]:
     }
 
 
+def _adapter_strengths(env: Mapping[str, str], adapters_dir: str) -> dict[str, float]:
+    """Kaito's adapter strengths: for each adapter in ADAPTERS_DIR, a variable named after it."""
+    out: dict[str, float] = {}
+    for name, _ in scan(Path(adapters_dir)):
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"adapter strength {name}={raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"adapter strength {name}={raw!r} is not finite")
+        out[name] = value
+    return out
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
@@ -250,6 +273,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if deployment:  # a MosaicML deployment YAML: its handler, parameters and weights' local path
         for name, value in read_deployment(deployment).items():
             values.setdefault(name, value)  # explicit variables win over the YAML
+    values["adapter_strengths"] = _adapter_strengths(env, values.get("adapters_dir", Settings.adapters_dir))
     world = env.get("WORLD_SIZE")  # torchrun / accelerate launch: one process per rank
     if world:
         try:
@@ -290,7 +314,7 @@ def _check_tensor_parallel(s: Settings) -> None:
         ("cpu_linear", s.cpu_linear == "onednn")) if bad]
     if refused:
         raise ConfigError(f"TENSOR_PARALLEL={n} cannot serve with {TENSOR_PARALLEL_REFUSALS[refused[0]]}")
-    if not 0 <= s.rank < n:
+    if s.rank is not None and not 0 <= s.rank < n:
         raise ConfigError(f"RANK={s.rank} is not a rank of TENSOR_PARALLEL={n} (0..{n - 1})")
     if s.tensor_parallel_timeout_s <= 0:
         raise ConfigError("TENSOR_PARALLEL_TIMEOUT_S must be positive")

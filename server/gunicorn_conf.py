@@ -4,19 +4,20 @@ Start with `gunicorn -c server/gunicorn_conf.py "server.app:create_app()"` (what
 `python -m server` and the image do). The model loads inside the worker, after the fork.
 """
 
-import os
+from server.config import load_settings
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+_settings = load_settings()  # the same settings the worker reads (server/config.py)
+bind = f"{_settings.host}:{_settings.port}"
 workers = 1  # the model lives in one process; the engine batches across its threads
 worker_class = "gthread"
-threads = int(os.environ.get("THREADS", "64"))
+threads = _settings.threads
 # gthread's timeout is worker silence, not request length; generation runs on the engine thread.
-timeout = int(os.environ.get("WORKER_TIMEOUT", "120"))
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
+timeout = _settings.worker_timeout
+graceful_timeout = _settings.graceful_timeout
 keepalive = 5
 accesslog = None  # server.observability.access_log writes access lines without any request body
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = _settings.log_level
 # request lines may carry query strings; nothing of ours uses them, but keep them out of logs
 limit_request_line = 8190
 

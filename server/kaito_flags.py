@@ -98,10 +98,13 @@ def _flag_names(tokens: Iterable[str]) -> list[str]:
     return [t.split("=", 1)[0] for t in tokens if t.startswith("-")]
 
 
-def flags_to_env(argv: list[str]) -> dict[str, str]:
-    """Kaito-style flags -> environment variables. Raises ConfigError for a flag that would change
-    what is served and cannot be honoured; flags without effect are listed in
-    `_INFERBOX_IGNORED_FLAGS` (the app logs them as a warning)."""
+def ignored_flags(argv: list[str]) -> list[str]:
+    """The flags among `argv` that cannot change what is served (the launcher warns of them)."""
+    args = _parse(argv)
+    return [f"--{f}" for f in (*NO_EFFECT_VALUES, *NO_EFFECT_SWITCHES) if getattr(args, f) is not None]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     args, unknown = _parser().parse_known_args(argv)
     if unknown:
         names = _flag_names(unknown) or unknown
@@ -116,6 +119,13 @@ def flags_to_env(argv: list[str]) -> dict[str, str]:
                 raise ConfigError(f"--{flag} is not supported: {reason}")
         elif value is not None and value != DEFAULT_VALUES.get(flag):
             raise ConfigError(f"--{flag} {value} is not supported: {reason}")
+    return args
+
+
+def flags_to_env(argv: list[str]) -> dict[str, str]:
+    """Kaito-style flags -> environment variables. Raises ConfigError for a flag that would change
+    what is served and cannot be honoured (flags without effect: `ignored_flags`)."""
+    args = _parse(argv)
     env: dict[str, str] = {}
     for flag, var in VALUE_FLAGS.items():
         value = getattr(args, flag)
@@ -135,7 +145,4 @@ def flags_to_env(argv: list[str]) -> dict[str, str]:
             raise ConfigError(f"--quantization {env['QUANTIZATION']} contradicts --load_in_"
                               f"{wanted[0].removeprefix('int')}bit")
         env["QUANTIZATION"] = wanted[0]
-    ignored = [f"--{f}" for f in (*NO_EFFECT_VALUES, *NO_EFFECT_SWITCHES) if getattr(args, f) is not None]
-    if ignored:
-        env["_INFERBOX_IGNORED_FLAGS"] = " ".join(ignored)
     return env

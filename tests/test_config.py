@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server.config import DEFAULT_MODEL_PATH, ConfigError, load_settings
@@ -67,8 +69,8 @@ def test_kaito_flags_become_environment() -> None:
     assert env["MODEL_PATH"] == "/workspace/tfs/weights"
     assert env["CHAT_TEMPLATE"] == "/workspace/chat_templates/falcon.jinja"
     assert env["TRUST_REMOTE_CODE"] == "true" and env["ALLOW_REMOTE_FILES"] == "true"
-    assert "TENSOR_PARALLEL" not in env and "_INFERBOX_IGNORED_FLAGS" not in env  # 1 process: nothing
-    s = load_settings({k: v for k, v in env.items() if not k.startswith("_")})
+    assert "TENSOR_PARALLEL" not in env  # 1 process: nothing to start
+    s = load_settings(env)
     assert s.model_path == "/workspace/tfs/weights" and s.trust_remote_code
 
 
@@ -138,3 +140,28 @@ def test_a_launcher_world_size_is_the_tensor_parallel_size() -> None:
         load_settings({"WORLD_SIZE": "2", "TENSOR_PARALLEL": "4"})
     with pytest.raises(ConfigError, match="WORLD_SIZE"):
         load_settings({"WORLD_SIZE": "two"})
+
+
+def test_gunicorn_reads_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's configuration is the settings object's, not a second reading of the environment."""
+    import importlib
+
+    monkeypatch.setenv("PORT", "5123")
+    monkeypatch.setenv("WORKER_TIMEOUT", "300")
+    monkeypatch.setenv("THREADS", "8")
+    from server import gunicorn_conf
+
+    conf = importlib.reload(gunicorn_conf)
+    assert (conf.bind, conf.timeout, conf.threads, conf.graceful_timeout) == ("0.0.0.0:5123", 300, 8, 30)
+
+
+def test_adapter_strengths_are_read_for_the_adapters_found(tmp_path: Path) -> None:
+    """Kaito names each adapter's strength by a variable of the adapter's own name."""
+    for name in ("sql", "chat"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(b"")
+    s = load_settings({"ADAPTERS_DIR": str(tmp_path), "sql": "0.5", "other": "2"})
+    assert s.adapter_strengths == {"sql": 0.5}
+    with pytest.raises(ConfigError, match="adapter strength chat='x' is not a number"):
+        load_settings({"ADAPTERS_DIR": str(tmp_path), "chat": "x"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.config import ConfigError, load_settings
-from server.kaito_flags import NO_EFFECT_SWITCHES, NO_EFFECT_VALUES, flags_to_env
+from server.kaito_flags import NO_EFFECT_SWITCHES, NO_EFFECT_VALUES, flags_to_env, ignored_flags
 
 
 def test_load_in_8bit_becomes_int8() -> None:
@@ -44,7 +44,7 @@ def test_flags_without_effect_are_listed_for_a_warning() -> None:
     argv = ["--revision", "main", "--from_tf", "false", "--cache_dir", "/tmp/c", "--force_download",
             "--num_machines", "1"]
     env = flags_to_env(argv)
-    assert env["_INFERBOX_IGNORED_FLAGS"].split() == ["--cache_dir", "--num_machines", "--force_download"]
+    assert ignored_flags(argv) == ["--cache_dir", "--num_machines", "--force_download"]
     assert "QUANTIZATION" not in env
     # every ignored flag is one that cannot change the served model
     assert {"cache_dir", "num_machines", "force_download"} <= {*NO_EFFECT_VALUES, *NO_EFFECT_SWITCHES}
@@ -54,12 +54,13 @@ def test_num_processes_is_the_tensor_parallel_size() -> None:
     """accelerate's `--num_processes N` is N ranks of one model: TENSOR_PARALLEL=N, which
     `python -m server` starts; 1 process is what inferbox does anyway."""
     env = flags_to_env(["--num_processes", "1", "--num_machines", "1"])
-    assert "TENSOR_PARALLEL" not in env and "--num_processes" not in env["_INFERBOX_IGNORED_FLAGS"]
+    assert "TENSOR_PARALLEL" not in env
+    assert "--num_processes" not in ignored_flags(["--num_processes", "1", "--num_machines", "1"])
     assert load_settings({}).tensor_parallel == 1
     env = flags_to_env(["--num_processes", "4", "--gpu_ids", "all"])
     assert env["TENSOR_PARALLEL"] == "4"
     assert "num_processes" not in NO_EFFECT_VALUES
-    assert load_settings({k: v for k, v in env.items() if not k.startswith("_")}).tensor_parallel == 4
+    assert load_settings(env).tensor_parallel == 4
 
 
 @pytest.mark.parametrize("value", ["two", "0", "-1"])

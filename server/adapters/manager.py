@@ -12,11 +12,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,7 @@ class AdapterManager:
                  run_exclusive: Callable[[Callable[[], Any]], Any] | None = None, refusal: str = "") -> None:
         self.model = model
         self.refusal = refusal  # why this server takes no adapters at all ("": it does)
+        self.strengths = settings.adapter_strengths
         self.runtime = LoraRuntime(model)
         self.roots = paths.Roots.of(settings.adapters_dir, settings.adapter_roots)
         self.max_loaded = settings.max_loaded_adapters
@@ -105,16 +105,15 @@ class AdapterManager:
             return (entry.name or "merged") if entry is not None else "-"
 
     # start-up
-    def start(self, env: Mapping[str, str] | None = None) -> list[str]:
-        """Load every adapter under ADAPTERS_DIR with its Kaito strength (an environment variable
-        named after it, default 1.0), build `combined`, and settle DEFAULT_ADAPTER."""
-        env = os.environ if env is None else env
+    def start(self) -> list[str]:
+        """Load every adapter under ADAPTERS_DIR with its Kaito strength (`adapter_strengths`: a
+        variable named after it, default 1.0), build `combined`, and settle DEFAULT_ADAPTER."""
         found = paths.scan(self.roots.adapters_dir)
         if found and self.refusal:
             raise AdapterError("invalid_adapter", f"ADAPTERS_DIR holds adapters: {self.refusal}")
         keys, strengths = [], []
         for name, folder in found:
-            strength = _strength(env, name)
+            strength = self.strengths.get(name, 1.0)
             keys.append(self._load(name, folder, strength=strength, evict=False))
             strengths.append(strength)
             log.info("Adapter added: %s", name)
@@ -336,19 +335,6 @@ class AdapterManager:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self.loaded)
-
-
-def _strength(env: Mapping[str, str], name: str) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return 1.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"adapter strength {name}={raw!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"adapter strength {name}={raw!r} is not finite")
-    return value
 
 
 def _check_recipe(r: MergeRecipe) -> None:

@@ -11,7 +11,6 @@ Usage: python -m server.model.fetch --preset NAME --out /workspace/weights [--to
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--preset", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--token-file", default=os.environ.get("HF_TOKEN_FILE", DEFAULT_TOKEN_FILE))
+    parser.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, help="a mounted build secret")
     args = parser.parse_args(argv)
     preset = load_preset(args.preset)
     out = Path(args.out)

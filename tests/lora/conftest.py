@@ -19,7 +19,7 @@ from tests.conftest import MODEL_DIR
 @pytest.fixture
 def start_engine() -> Iterator[Callable[..., Engine]]:
     """Start engines with the given settings (model on the CPU in float32); drained at the end.
-    Kaito's strengths are environment variables: set them with `monkeypatch.setenv`."""
+    Kaito's strengths come as `adapter_strengths={name: value}` (load_settings reads them)."""
     engines: list[Engine] = []
 
     def start(**settings: Any) -> Engine:

@@ -74,11 +74,11 @@ def test_every_adapter_and_the_base_in_one_batch(adapters_dir: Path, reference: 
     assert stats.prefix_rows > 0, "no prefill reused a shared prefix"
 
 
-def test_combined_is_the_default_and_matches_peft(adapters_dir: Path, reference: Reference, start_engine,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("adapter1", "0.5")  # Kaito: strength from a variable named after the adapter
-    monkeypatch.setenv("adapter3", "0.25")
-    engine = start_engine(adapters_dir=str(adapters_dir))
+def test_combined_is_the_default_and_matches_peft(adapters_dir: Path, reference: Reference,
+                                                  start_engine) -> None:
+    # Kaito: a strength from a variable named after the adapter (read by load_settings)
+    engine = start_engine(adapters_dir=str(adapters_dir),
+                          adapter_strengths={"adapter1": 0.5, "adapter3": 0.25})
     assert engine.adapters.default_name == "combined"
     assert [(a.name, a.strength) for a in engine.adapters.list()] == [
         ("combined", 1.0), ("adapter1", 0.5), ("adapter2", 1.0), ("adapter3", 0.25)]
