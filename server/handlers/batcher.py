@@ -39,6 +39,34 @@ FILL_FRACTION = 0.25  # of the last predict call's time, waited at most for a ba
 FILL_CAP_S = 1.0
 
 
+@dataclass(frozen=True)
+class Fill:
+    """How long the batch thread waits for more inputs, decided when it starts gathering a batch
+    (from the last calls); `wait_s` is then asked each time the queue or the clock moves."""
+
+    window_end: float  # simultaneous arrivals are always waited for until here
+    fill_end: float  # under concurrent load, until here at most
+    target: int  # past the window, enough once this many wait
+    max_batch_size: int
+
+    @classmethod
+    def plan(cls, now: float, window_s: float, max_batch_size: int, last_rows: int, last_seconds: float,
+             in_flight: tuple[int, int]) -> Fill:
+        fill_end, target = now + window_s, max_batch_size
+        if last_rows > 1:  # concurrent load: callers of the last call are on their way back
+            fill_end = now + max(window_s, min(FILL_CAP_S, FILL_FRACTION * last_seconds))
+            target = min(target, max(in_flight))
+        return cls(now + window_s, fill_end, target, max_batch_size)
+
+    def wait_s(self, now: float, waiting: int) -> float | None:
+        """Seconds to wait for more inputs, or None: take the batch now."""
+        if waiting >= self.max_batch_size or now >= self.fill_end:
+            return None
+        if now >= self.window_end:
+            return None if waiting >= self.target else self.fill_end - now
+        return self.window_end - now
+
+
 @dataclass
 class Job:
     """One input of one HTTP request, waiting for its output."""
@@ -57,8 +85,10 @@ class Job:
 class PredictBatcher:
     def __init__(self, handler: Any, max_batch_size: int = 32, max_batch_tokens: int = 16384,
                  window_s: float = 0.005, max_queued: int = 256,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.handler = handler
+        self._clock = clock  # deadlines and the fill wait (tests give their own)
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.window_s = window_s
@@ -141,22 +171,18 @@ class PredictBatcher:
     def _gather(self) -> None:
         """Give simultaneous arrivals the window to join this batch, and under concurrent load the
         callers just answered a little longer (see the module docstring)."""
-        now = time.monotonic()
-        window_end = fill_end = now + self.window_s
-        target = self.max_batch_size
-        if self._last_rows > 1:
-            fill_end = now + max(self.window_s, min(FILL_CAP_S, FILL_FRACTION * self._last_seconds))
-            target = min(target, max(self._in_flight))
-        while len(self._waiting) < self.max_batch_size and not self._stopping:
-            now = time.monotonic()
-            if now >= fill_end or (now >= window_end and len(self._waiting) >= target):
+        fill = Fill.plan(self._clock(), self.window_s, self.max_batch_size, self._last_rows,
+                         self._last_seconds, self._in_flight)
+        while not self._stopping:
+            wait = fill.wait_s(self._clock(), len(self._waiting))
+            if wait is None:
                 break
-            self._cond.wait((window_end if now < window_end else fill_end) - now)
+            self._cond.wait(wait)
 
     def _take(self) -> list[Job]:
         batch: list[Job] = []
         widest = 0
-        now = time.monotonic()
+        now = self._clock()
         while self._waiting and len(batch) < self.max_batch_size:
             job = self._waiting[0]
             if job.cancelled or now > job.deadline:
@@ -172,7 +198,7 @@ class PredictBatcher:
         return batch
 
     def _predict(self, batch: list[Job]) -> None:
-        started = time.monotonic()
+        started = self._clock()
         self.running = len(batch)
         try:
             with self.model_lock:
@@ -191,9 +217,9 @@ class PredictBatcher:
         finally:
             self.running = 0
             self.batches += 1
-            self._last_rows, self._last_seconds = len(batch), time.monotonic() - started
+            self._last_rows, self._last_seconds = len(batch), self._clock() - started
             self._in_flight = (self._in_flight[1], len(batch) + len(self._waiting))
             for job in batch:
                 job.done.set()
             if self.on_batch is not None:
-                self.on_batch(len(batch), time.monotonic() - started)
+                self.on_batch(len(batch), self._clock() - started)

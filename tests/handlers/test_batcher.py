@@ -1,6 +1,6 @@
 """The predict batcher: concurrent inputs share calls, in arrival order, under a token budget; a
-failing batch is answered with the failure and the thread keeps serving. No model, no sleeps
-beyond the batch window."""
+failing batch is answered with the failure and the thread keeps serving. No model and no sleeps:
+when a batch is taken is a pure rule (`Fill`), tested with given times."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from server.engine.errors import QueueFull
 from server.handlers.base import HandlerFailure
-from server.handlers.batcher import Job, PredictBatcher
+from server.handlers.batcher import Fill, Job, PredictBatcher
 from tests.handlers.fixtures.counting_handler import CountingHandler
 
 
@@ -101,13 +101,15 @@ def test_cancelled_and_expired_inputs_are_skipped(make) -> None:
 
 
 def test_queue_limit(make) -> None:
-    h = CountingHandler(delay_s=0.3)
+    gate = threading.Event()
+    h = CountingHandler(gate=gate)
     b = make(h, window_s=0.0, max_batch_size=1, max_queued=2)
     b.submit([_job("running")])
-    time.sleep(0.05)  # taken by the thread
+    assert h.entered.wait(5)  # taken by the thread, which holds it until the gate opens
     b.submit([_job(1), _job(2)])
     with pytest.raises(QueueFull):
         b.submit([_job(3)])
+    gate.set()
 
 
 def test_stream_takes_turns_with_batches(make) -> None:
@@ -130,52 +132,49 @@ def test_stop_finishes_what_is_queued(make) -> None:
     assert not b.alive
 
 
-def test_under_concurrent_load_a_batch_waits_a_little_to_fill(make) -> None:
-    h = CountingHandler(delay_s=0.3)
-    b = make(h, window_s=0.005)
-    first = [_job("a"), _job("b")]
-    b.submit(first)  # two at once: concurrent load; the call takes ~0.3 s
-    _wait(first)
-    early, late = _job("c"), _job("d")
-    b.submit([early])
-    time.sleep(0.02)  # past the 5 ms window, within a quarter of the last call (75 ms)
-    b.submit([late])
-    _wait([early, late])
-    assert h.batches == [2, 2]
+def test_under_concurrent_load_a_batch_waits_a_little_to_fill() -> None:
+    """After a call of 2 that took 0.3 s, an input past the 5 ms window is still waited for, up to a
+    quarter of that call (75 ms), until 2 wait."""
+    fill = Fill.plan(100.0, 0.005, 32, last_rows=2, last_seconds=0.3, in_flight=(2, 2))
+    assert fill.wait_s(100.0, 1) == pytest.approx(0.005)  # the window
+    assert fill.wait_s(100.02, 1) == pytest.approx(0.055)  # past it: until the fill time ...
+    assert fill.wait_s(100.02, 2) is None  # ... or until as many wait as were in flight
+    assert fill.wait_s(100.075, 1) is None  # the fill time is over
 
 
-def test_a_lone_client_is_not_kept_waiting(make) -> None:
-    h = CountingHandler(delay_s=0.15)
-    b = make(h, window_s=0.005)
-    for x in ("a", "b"):  # one input per call: no concurrency, no extra wait
-        j = _job(x)
-        b.submit([j])
-        _wait([j])
-    j1, j2 = _job("c"), _job("d")
-    b.submit([j1])
-    time.sleep(0.05)
-    b.submit([j2])
-    _wait([j1, j2])
-    assert h.batches == [1, 1, 1, 1]
+def test_a_lone_client_is_not_kept_waiting() -> None:
+    """After calls of one input (no concurrency) only the window is waited for."""
+    fill = Fill.plan(100.0, 0.005, 32, last_rows=1, last_seconds=0.15, in_flight=(1, 1))
+    assert fill.wait_s(100.001, 1) == pytest.approx(0.004)
+    assert fill.wait_s(100.005, 1) is None
 
 
-@pytest.mark.parametrize("delay_s, window_s, late, batches", [
-    (1.2, 0.005, 1, [3, 3, 1]),  # fill time 0.3 s: the late input, past the window, is not waited for
-    (0.0, 0.4, 2, [3, 5]),  # within the window it still shares the call
+@pytest.mark.parametrize("last_seconds, window_s, now, waiting, wait", [
+    (1.2, 0.005, 100.12, 3, None),  # 3 wait, as were in flight, past the window: go (fill time 0.3 s)
+    (1.2, 0.005, 100.12, 2, 0.18),  # 2 of 3: wait for the third until the fill time
+    (0.0, 0.4, 100.12, 3, 0.28),  # within the window 3 still wait for more: it is never cut short
+    (0.0, 0.4, 100.12, 32, None),  # a full batch goes at once
 ])
 def test_after_a_call_of_3_the_next_starts_once_3_wait_and_the_window_is_over(
-        make, delay_s: float, window_s: float, late: int, batches: list[int]) -> None:
+        last_seconds: float, window_s: float, now: float, waiting: int, wait: float | None) -> None:
     """Past the window, the fill wait ends once as many inputs wait as were in flight (3 here), not
     MAX_BATCH_SIZE; the in-flight count never cuts the window itself."""
-    h = CountingHandler(delay_s=delay_s)
-    b = make(h, window_s=window_s)
-    first = [_job(i) for i in range(3)]
+    fill = Fill.plan(100.0, window_s, 32, last_rows=3, last_seconds=last_seconds, in_flight=(3, 3))
+    got = fill.wait_s(now, waiting)
+    assert got == (None if wait is None else pytest.approx(wait))
+
+
+def test_the_thread_follows_the_fill_rule(make) -> None:
+    """The batch thread keeps to the rule: after a concurrent call, inputs that come while the next
+    batch fills share one call (the handler's gate holds the first call; no sleeps)."""
+    gate = threading.Event()
+    h = CountingHandler(gate=gate)
+    b = make(h, window_s=0.0)
+    first = [_job("a"), _job("b")]
     b.submit(first)
-    _wait(first)
-    again = [_job(i) for i in range(3, 6)]
-    b.submit(again)
-    time.sleep(0.12)
-    later = [_job(6 + k) for k in range(late)]
-    b.submit(later)
-    _wait([*again, *later])
-    assert h.batches == batches
+    assert h.entered.wait(5)
+    second = [_job("c"), _job("d")]
+    b.submit(second)  # both wait while the first call runs
+    gate.set()
+    _wait([*first, *second])
+    assert h.batches == [2, 2]
