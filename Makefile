@@ -11,7 +11,7 @@ EMBED_MODEL_DIR := models/all-minilm-l6-v2
 EMBED_PKG := .cache/minilm-pkg
 PORT ?= 5000
 
-.PHONY: install model embed-model run test test-unit lint bench bench-speculative bench-tensor-parallel tiny-model bench-quality bench-gpu soak clean image image-test plan clients browser
+.PHONY: install model embed-model run test test-unit lint bench bench-speculative bench-tensor-parallel tiny-model docs bench-quality bench-gpu soak clean image image-test plan clients browser
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ test: install model embed-model clients browser
 # The fast tests: no server, no model (tokenizer files are fine); well under a minute.
 test-unit: install
 	$(PY) -m pytest -q -m "not integration and not model" $(PYTEST_ARGS)
+
+# The documentation site (mkdocs, material theme) into site/; --strict: a broken link fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -12,9 +12,8 @@ layer's lora_A weights stacked [R, in] and lora_B [out, R] (rebuilt after each c
 keeping each row's own adapter columns, and each row's scaling: two matmuls and two products per
 layer whatever the number of adapters, instead of peft's mixed-batch forward (`adapter_names`),
 which gathers, multiplies and scatters once per adapter in every layer and builds Python index
-lists at every call. With four adapters and the base at 8 rows that took throughput from 0.71x
-to 0.81x of an engine without adapters (in-process, a busy 2-core machine; `make bench
---adapters` measures it through the server). The mask multiplies other adapters' columns by
+lists at every call (what it gains: docs/architecture/decisions.md; `make bench --adapters`
+measures it through the server). The mask multiplies other adapters' columns by
 exactly 0, and the tests hold greedy outputs token-identical to peft's PeftModel running each
 adapter alone.
 The CPU kernels of server/model/cpu_kernels.py stay on the base layers that peft wraps.

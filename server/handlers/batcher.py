@@ -15,9 +15,7 @@ went away or whose deadline passed are skipped. A `predict` that raises fails ev
 batch, and the thread keeps serving.
 
 Splitting a closed-loop crowd into two alternating cohorts (one computing while the other's callers
-come back) was measured and dropped: it keeps the thread busy 99% instead of about 80%, but with
-packed embedding passes (server/handlers/packing.py) 32 rows do 15% more per row than 16, so 32
-clients got 0.92 of `encode` with cohorts against 1.02 with whole batches.
+come back) was tried and dropped: whole batches do more per row (docs/architecture/decisions.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the work for sentences of 14 to 29 tokens. Here inputs are placed longest first,
 rows of `row_tokens` (at least the longest input). Attention is block-diagonal (each input sees only
 its own tokens), positions restart at every input, and the output tokens are gathered back into
 the padded layout sentence-transformers' own pooling and normalization modules expect, which then
-run unchanged. all-MiniLM-L6-v2 on 2 CPU cores: 32 sentences 1.25x as fast as `encode` at batch 32.
+run unchanged (what it gains: docs/architecture/decisions.md).
 
 The math per input is the same as padded; the floats differ only in summation order. Whether a
 model's forward honours a 4D mask and explicit positions is not something to assume, so

@@ -3,10 +3,8 @@ quantizers, so each weight is quantized as it arrives (a model never needs its f
 in memory) and accelerate's `device_map`/`max_memory` placement sizes the quantized weights (the
 planner uses the same quantizers):
 - `int8`: torchao's int8 weight-only, symmetric, one scale per group of `INT8_GROUP` weights along
-  the input (the layout of GGUF's Q8_0, which uses groups of 32). Per output row, as quanto's qint8
-  does it, one outlier weight coarsens its whole row: on the embedded model that agreed with
-  float32's greedy token at 96.35% of positions, groups of 64 at 97.6% (`make bench-quality`), for
-  1/16 byte more a weight.
+  the input (the layout of GGUF's Q8_0, which uses groups of 32): per output row, as quanto's qint8
+  does it, one outlier weight coarsens its whole row (measured: docs/architecture/decisions.md).
 - `int4` and `fp8`: optimum-quanto (`QuantoConfig`; int4 in groups of 128).
 The embeddings and the LM head stay in the model's dtype (both libraries' default): they are a
 small share of a large model's weights and the LM head decides every token.
