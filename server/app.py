@@ -31,27 +31,9 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
     app.extensions["inferbox.engine"] = engine
     app.extensions["inferbox.settings"] = settings
 
-    from server import ui
-    from server.api import (
-        admin,
-        embeddings,
-        handler_predict,
-        kaito,
-        mosaic,
-        openai,
-        openapi,
-        responses,
-        tgi,
-        tokenize,
-    )
+    from server.api import routes
 
-    app.register_blueprint(kaito.bp)
-    # MosaicML's /predict is text generation on the chat engine, the handler's predict otherwise
-    predict = mosaic.bp if settings.model_kind == "chat" else handler_predict.bp
-    # embeddings: /v1/embeddings rides on the OpenAI blueprint; /embed is TEI's own
-    for bp in (openai.bp, admin.bp, responses.bp, tokenize.bp, tgi.bp, predict, openapi.bp, ui.bp,
-               embeddings.tei_bp):
-        app.register_blueprint(bp)
+    routes.register(app, settings.model_kind)
     access_log.install(app)
     _install_error_handlers(app)
     _install_operations(app, settings, engine)
@@ -68,7 +50,7 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
 
 def _install_operations(app: Flask, settings: Settings, engine: Engine) -> None:
     """Keys, rate limits and the drain gate for every route; in-flight counting for the drain."""
-    from server.api import guard
+    from server.api.common import guard
     from server.lifecycle import InflightCounter
 
     guard.install(app, settings)

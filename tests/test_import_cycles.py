@@ -94,3 +94,23 @@ def test_the_walk_sees_imports_inside_functions() -> None:
     graph = {name: imported(ast.parse(text), name, False, set(source)) for name, text in source.items()}
     assert graph == {"a": {"b"}, "b": {"a"}}
     assert cycles(graph) == [["a", "b"]]
+
+
+def test_the_api_layers() -> None:
+    """`server/api/common/` imports no dialect, and no dialect imports another; what gathers them
+    (the OpenAPI document, the route registration) sits above them."""
+    graph = import_graph()
+    dialects = ("kaito", "openai", "tgi", "mosaic")
+
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 3 and parts[:2] == ["server", "api"] else None
+
+    for module, targets in graph.items():
+        here = package(module)
+        if here is None:
+            continue
+        crossed = {t for t in targets if package(t) in dialects and package(t) != here}
+        assert not crossed, f"{module} imports {sorted(crossed)}"
+    assert {m for m in graph if package(m) == "common"} >= {"server.api.common.dialect",
+                                                            "server.api.common.engine_calls"}

@@ -14,16 +14,11 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.api import (
-    admin,
-    embeddings_protocol,
-    kaito_protocol,
-    mosaic_protocol,
-    openai_protocol,
-    responses_protocol,
-    tgi_protocol,
-    tokenize_protocol,
-)
+from server.api.kaito import protocol as kaito_protocol
+from server.api.mosaic import protocol as mosaic_protocol
+from server.api.openai import admin, embeddings_protocol, responses_protocol, tokenize_protocol
+from server.api.openai import protocol as openai_protocol
+from server.api.tgi import protocol as tgi_protocol
 from server.engine import params as engine_params
 
 bp = Blueprint("openapi", __name__)

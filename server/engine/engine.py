@@ -127,7 +127,7 @@ class Engine(ModelHost):
     def encode_chat(self, messages: list[dict[str, Any]],
                     tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Apply the chat template with a generation prompt; raises ValueError for bad messages.
-        `tools` (OpenAI function tools) go to templates that render them (server/api/tool_calls.py)."""
+        `tools` (OpenAI function tools) go to templates that render them (server/api/openai/tool_calls.py)."""
         tok = self.tokenizer
         if not tok.chat_template:
             raise ValueError("this model has no chat template; send `prompt` or set CHAT_TEMPLATE")

@@ -18,7 +18,7 @@ log = logging.getLogger("inferbox.access")
 
 @dataclass
 class Usage:
-    """Filled by server.api.engine_calls while a request runs; read when its response is done."""
+    """Filled by server.api.common.engine_calls while a request runs; read when its response is done."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -10,15 +10,12 @@ import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ValidationError
 
-from server.api import (
-    kaito_protocol,
-    mosaic_protocol,
-    openai_protocol,
-    openapi,
-    responses_protocol,
-    tgi_protocol,
-    tokenize_protocol,
-)
+from server.api import openapi
+from server.api.kaito import protocol as kaito_protocol
+from server.api.mosaic import protocol as mosaic_protocol
+from server.api.openai import protocol as openai_protocol
+from server.api.openai import responses_protocol, tokenize_protocol
+from server.api.tgi import protocol as tgi_protocol
 from server.app import create_app
 from server.config import load_settings
 

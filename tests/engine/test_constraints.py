@@ -15,7 +15,7 @@ from server.engine.errors import InvalidConstraint, StreamError
 from server.engine.grammar import ConstraintSpec, GrammarLimits, Grammars
 from server.engine.request import GenerationRequest, collect
 from server.engine.sampling import RowSampler, choose
-from tests.engine.conftest import generate_alone, params
+from tests.support.engine import generate_alone, params
 
 pytestmark = pytest.mark.model
 

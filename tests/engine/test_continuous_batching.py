@@ -11,7 +11,7 @@ import torch
 
 from server.engine.errors import StreamError
 from server.engine.request import FinishEvent, GenerationRequest, TokenEvent, collect
-from tests.engine.conftest import generate_alone, request
+from tests.support.engine import generate_alone, request
 
 pytestmark = pytest.mark.model
 

@@ -10,8 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from server.config import Settings
 from server.engine.request import collect
 from server.model import loader
-from tests.engine.conftest import build_loop, request
-from tests.engine.sentencepiece_like import SPECIAL, WORDS, build
+from tests.support.engine import build_loop, request
+from tests.support.sentencepiece_like import SPECIAL, WORDS, build
 
 pytestmark = pytest.mark.model
 

@@ -12,7 +12,7 @@ import pytest
 from server.app import create_app
 from server.config import Settings
 from server.engine.engine import Engine
-from tests.conftest import MODEL_DIR
+from tests.support.servers import MODEL_DIR
 
 pytestmark = [pytest.mark.model,
               pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="run `make model`")]

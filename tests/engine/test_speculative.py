@@ -10,7 +10,7 @@ from server.engine.constraint_mask import MaskApplier
 from server.engine.grammar import ConstraintSpec, Grammars
 from server.engine.request import GenerationRequest, TokenEvent, collect
 from server.engine.speculative import NgramDrafter
-from tests.engine.conftest import generate_alone, params
+from tests.support.engine import generate_alone, params
 
 PARA = ("The old lighthouse stood at the edge of the cliff, its white paint peeling after decades of "
         "storms. Every evening the keeper climbed the spiral stairs, trimmed the wick, and watched the "

@@ -6,7 +6,7 @@ import pytest
 
 from server.engine.request import GenerationParams
 from server.engine.stops import StopChecker, finish_reason, text_of
-from tests.engine.sentencepiece_like import build
+from tests.support.sentencepiece_like import build
 
 
 class Chars:

@@ -22,8 +22,8 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import MODEL_DIR, ServerProcess, start_server
-from tests.integration.test_real_clients import _run as run_client
+from tests.support.clients import run_client
+from tests.support.servers import MODEL_DIR, ServerProcess, start_server
 from tools.adapters import make_adapters
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # builds adapters on the model in-process

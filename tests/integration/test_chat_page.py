@@ -18,7 +18,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import MODEL_DIR, ROOT, ServerProcess, start_server
+from tests.support.servers import MODEL_DIR, ROOT, ServerProcess, start_server
 
 pytestmark = pytest.mark.integration
 

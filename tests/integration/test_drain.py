@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import MODEL_DIR, start_server
+from tests.support.servers import MODEL_DIR, start_server
 
 pytestmark = pytest.mark.integration
 

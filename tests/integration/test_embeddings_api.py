@@ -20,8 +20,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, ServerProcess, start_server
-from tests.integration.test_real_clients import _run
+from tests.support.clients import run_client
+from tests.support.servers import ROOT, ServerProcess, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -124,7 +124,7 @@ def _steps(url: str) -> tuple[float, float]:
 
 
 def test_mcli_predict_with_instructor_pairs(url: str, reference, tmp_path: Path) -> None:
-    out = _run("mcli_embed", url, tmp_path)
+    out = run_client("mcli_embed", url, tmp_path)
     pairs = reference.encode(TITLES, prompt=INSTRUCTION)
     assert (_cos(out["pairs"]["outputs"], pairs) >= 0.99999).all()
     assert (_cos(out["plain"]["outputs"], reference.encode(TITLES)) >= 0.99999).all()

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from tests.conftest import MODEL_DIR, start_server
+from tests.support.servers import MODEL_DIR, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ROOT, ServerProcess, start_server
+from tests.support.servers import ROOT, ServerProcess, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import MODEL_DIR, ServerProcess, start_server
+from tests.support.servers import MODEL_DIR, ServerProcess, start_server
 
 pytestmark = pytest.mark.integration
 

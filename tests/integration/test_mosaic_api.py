@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from tests.integration.schema_check import check
+from tests.support.schema_check import check
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import ServerProcess, start_server
+from tests.support.servers import ServerProcess, start_server
 
 pytestmark = pytest.mark.integration
 

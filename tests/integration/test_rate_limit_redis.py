@@ -7,8 +7,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import MODEL_DIR, start_server
-from tests.integration.redis_server import redis_server
+from tests.support.redis_server import redis_server
+from tests.support.servers import MODEL_DIR, start_server
 
 pytestmark = pytest.mark.integration
 

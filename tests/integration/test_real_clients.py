@@ -7,45 +7,29 @@ They pin huggingface-hub<1.0 (the server's transformers needs 2.x), so they run 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.clients import run_client
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT_PY = ROOT / ".venv-clients" / "bin" / "python"
-SCRIPT = Path(__file__).resolve().parent / "clients" / "run_client.py"
-
-
-def _run(which: str, base_url: str, tmp: Path, *args: str) -> dict[str, Any]:
-    if not CLIENT_PY.exists():
-        pytest.fail("the client venv is missing: run `make clients` (make test does)")
-    env = {**os.environ, "HOME": str(tmp), "MOSAICML_API_KEY": "test-key", "PYTHONPATH": ""}
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run([str(CLIENT_PY), str(SCRIPT), which, base_url, *args], capture_output=True,
-                          text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
 def tgi(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _run("tgi", base_url, tmp_path_factory.mktemp("tgi"))
+    return run_client("tgi", base_url, tmp_path_factory.mktemp("tgi"))
 
 
 @pytest.fixture(scope="module")
 def lorax(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _run("lorax", base_url, tmp_path_factory.mktemp("lorax"))
+    return run_client("lorax", base_url, tmp_path_factory.mktemp("lorax"))
 
 
 @pytest.fixture(scope="module")
 def mcli(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _run("mcli", base_url, tmp_path_factory.mktemp("mcli"))
+    return run_client("mcli", base_url, tmp_path_factory.mktemp("mcli"))
 
 
 def test_text_generation_plain(tgi: dict[str, Any]) -> None:

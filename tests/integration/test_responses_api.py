@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from tests.integration.schema_check import check
+from tests.support.schema_check import check
 
 pytestmark = pytest.mark.integration
 

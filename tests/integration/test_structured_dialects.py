@@ -19,7 +19,7 @@ import requests
 from pydantic import BaseModel, Field
 
 from tests.integration.clients.run_client import CODE, PERSON
-from tests.integration.test_real_clients import _run
+from tests.support.clients import run_client
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,12 @@ def _person(text: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tgi(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _run("tgi_grammar", base_url, tmp_path_factory.mktemp("tgi_grammar"))
+    return run_client("tgi_grammar", base_url, tmp_path_factory.mktemp("tgi_grammar"))
 
 
 @pytest.fixture(scope="module")
 def lorax(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _run("lorax_json", base_url, tmp_path_factory.mktemp("lorax_json"))
+    return run_client("lorax_json", base_url, tmp_path_factory.mktemp("lorax_json"))
 
 
 def test_text_generation_regex_grammar(tgi: dict[str, Any]) -> None:

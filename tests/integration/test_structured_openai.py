@@ -14,7 +14,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from tests.integration.schema_check import check
+from tests.support.schema_check import check
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import ROOT, ServerProcess, start_server
+from tests.support.servers import ROOT, ServerProcess, start_server
 from tools.tiny_model import build
 
 TP_ENV = {"TENSOR_PARALLEL": "2", "CPU_LINEAR": "auto", "DRAIN_DELAY_S": "0"}

@@ -10,8 +10,8 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import TextGenerationError
 
 from server.model.cpuinfo import cpu_flags
-from tests.conftest import MODEL_DIR
-from tests.integration.schema_check import check
+from tests.support.schema_check import check
+from tests.support.servers import MODEL_DIR
 
 pytestmark = pytest.mark.integration
 

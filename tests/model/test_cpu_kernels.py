@@ -13,8 +13,8 @@ from bench.workload import messages
 from server.config import Settings
 from server.model import cpu_kernels, kernel_choice, loader
 from server.model.cpu_kernels import onednn_works, use_onednn_linear
-from tests.conftest import MODEL_DIR
-from tests.model.test_loader import _tiny_model_dir
+from tests.support.models import tiny_model_dir
+from tests.support.servers import MODEL_DIR
 
 pytestmark = [pytest.mark.model,
               pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN")]
@@ -57,7 +57,7 @@ def test_loader_pins_a_kernel_without_timing(tmp_path: Path, monkeypatch) -> Non
         raise AssertionError("a pinned CPU_LINEAR must not time")
 
     monkeypatch.setattr(kernel_choice, "time_buckets", no_timing)
-    path = _tiny_model_dir(tmp_path)
+    path = tiny_model_dir(tmp_path)
     model = loader.load(Settings(model_path=str(path), cpu_linear="onednn", kernel_cache_dir="off")).model
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     assert len(_patched(model)) == len(linears) > 0

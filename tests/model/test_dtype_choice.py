@@ -13,7 +13,7 @@ from server.config import Settings
 from server.model import loader
 from server.model.cpuinfo import cpu_flags, cpu_model_name
 from server.model.dtype_choice import config_dtype, resolve
-from tests.model.test_loader import _tiny_model_dir
+from tests.support.models import tiny_model_dir
 
 BF16, FP32, FP16 = torch.bfloat16, torch.float32, torch.float16
 EPYC_AVX2 = frozenset({"fpu", "sse2", "avx", "avx2", "fma"})  # no native bfloat16
@@ -69,7 +69,7 @@ def test_cpuinfo_flags_and_model(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def bf16_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny checkpoint that ships in bfloat16, as SmolLM2 on the hub does."""
-    path = _tiny_model_dir(tmp_path_factory.mktemp("bf16"))
+    path = tiny_model_dir(tmp_path_factory.mktemp("bf16"))
     loaded = loader.load(Settings(model_path=str(path), torch_dtype="bfloat16", cpu_linear="torch"))
     loaded.model.save_pretrained(path)
     return path

@@ -15,7 +15,7 @@ from server.config import Settings
 from server.model import kernel_choice, loader
 from server.model.cpu_kernels import ROW_BUCKETS, onednn_works
 from server.model.kernel_choice import BucketTiming, Decision, buckets_up_to, decide, time_buckets
-from tests.model.test_loader import _tiny_model_dir
+from tests.support.models import tiny_model_dir
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_a_tiny_llama_times_chooses_caches_and_keeps_its_logits(tmp_path: Path, 
 @pytest.mark.model
 @pytest.mark.skipif(not onednn_works(), reason="this torch build has no oneDNN")
 def test_the_loader_default_is_the_timed_choice(tmp_path: Path, monkeypatch) -> None:
-    path = _tiny_model_dir(tmp_path)
+    path = tiny_model_dir(tmp_path)
     fixed = Decision(tuple(rows >= 2 for rows in ROW_BUCKETS), (BucketTiming(1, 1.0, 2.0, 3),), 0.1)
     seen: list[int] = []
 

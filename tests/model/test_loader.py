@@ -6,40 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from server.config import Settings
 from server.model import loader
+from tests.support.models import tiny_model_dir
 
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
 
 
-def _tiny_model_dir(root: Path, with_bin: bool = False, hidden: int = 32, intermediate: int = 64) -> Path:
-    vocab = {f"t{i}": i for i in range(64)}
-    vocab.update({"<unk>": 64, "<s>": 65, "</s>": 66})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=67, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128,
-                         bos_token_id=65, eos_token_id=66)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = root / "tiny"
-    model.save_pretrained(path)
-    if with_bin:  # the older PyTorch pickle format
-        for f in path.glob("*.safetensors"):
-            f.unlink()
-        torch.save(model.state_dict(), path / "pytorch_model.bin")
-    fast.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_model_dir(tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.model
@@ -55,7 +32,7 @@ def test_load_local_folder(tiny: Path) -> None:
 
 @pytest.mark.model
 def test_load_bin_checkpoint(tmp_path: Path) -> None:
-    path = _tiny_model_dir(tmp_path, with_bin=True)
+    path = tiny_model_dir(tmp_path, with_bin=True)
     assert list(path.glob("*.bin"))
     assert loader.load(Settings(model_path=str(path))).num_parameters > 0
 

@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from server.config import ConfigError, Settings
 from server.model import loader, quantize
 from server.model.cpu_kernels import onednn_works
-from tests.model.test_loader import _tiny_model_dir
+from tests.support.models import tiny_model_dir
 
 
 @pytest.mark.parametrize(("q", "kw", "ok", "needle"), [
@@ -70,7 +70,7 @@ def _cpu_kernel(module: nn.Module) -> bool:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Input sizes 64 and 128: every linear layer divides into int8's groups of 64."""
-    return _tiny_model_dir(tmp_path_factory.mktemp("model"), hidden=64, intermediate=128)
+    return tiny_model_dir(tmp_path_factory.mktemp("model"), hidden=64, intermediate=128)
 
 
 def _is_quantized(q: str, module: nn.Module) -> bool:
@@ -111,7 +111,7 @@ def test_model_without_linear_layers_is_refused(tmp_path: Path) -> None:
     """GPT-2 keeps its projections in Conv1D, which torchao does not quantize: refused, not ignored."""
     config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=67, n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
-    _tiny_model_dir(tmp_path)  # borrow its tokenizer files
+    tiny_model_dir(tmp_path)  # borrow its tokenizer files
     for f in (tmp_path / "tiny").glob("tokenizer*"):
         (tmp_path / "gpt2" / f.name).write_bytes(f.read_bytes())
     with pytest.raises(loader.ModelLoadError, match="no linear layers torchao can quantize"):
@@ -131,7 +131,7 @@ def test_quantization_skip_keeps_named_modules_in_float(tiny: Path) -> None:
 def test_int8_keeps_layers_it_cannot_group_in_float(tmp_path: Path) -> None:
     """Input size 32 (q/k/v/o, gate/up) does not divide into groups of 64: those stay float and
     are said in the log; down_proj (input 64) is quantized."""
-    path = _tiny_model_dir(tmp_path)
+    path = tiny_model_dir(tmp_path)
     assert set(quantize.ungroupable_linears(quantize.empty_model(str(path)))) == {
         f"model.layers.{i}.{m}" for i in range(2) for m in (
             "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
