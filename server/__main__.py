@@ -85,7 +85,7 @@ def _start_ranks(n: int) -> None:
 def _check_handler(settings: Settings) -> None:
     """A MODEL_HANDLER that cannot be imported stops the server here, with the reason, rather than
     leaving a worker that reports unhealthy forever."""
-    from server.handlers import loading
+    from server.kinds import loading
 
     spec = loading.handler_spec(settings)
     if spec is None or settings.model_kind == "embedding":

@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from server.config import Settings, load_settings
 from server.engine.engine import Engine
-from server.handlers.service import HandlerEngine
+from server.kinds.service import HandlerEngine
 from server.observability import access_log, metrics
 
 log = logging.getLogger("inferbox")
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, engine: Engine | HandlerEngine 
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    if engine is None:  # chat: the generation engine; other kinds: a model handler (server/handlers/)
+    if engine is None:  # chat: the generation engine; other kinds: a model handler (server/kinds/)
         engine = Engine(settings) if settings.model_kind == "chat" else HandlerEngine(settings)
     app.extensions["inferbox.engine"] = engine
     app.extensions["inferbox.settings"] = settings

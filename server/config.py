@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from server.adapters.paths import scan
 from server.errors import ConfigError
-from server.handlers.deployment import read_deployment
+from server.kinds.deployment import read_deployment
 from server.presets import Preset, load_preset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ class Settings:
     model_handler_dir: str | None = None
     pooling_include_prompt: bool | None = None
     embedding_dimensions: tuple[int, ...] = ()
-    embed_packing: bool = True  # several inputs a row, no padding (server/handlers/packing.py)
+    embed_packing: bool = True  # several inputs a row, no padding (server/kinds/packing.py)
     max_client_batch_size: int = 64
     # LoRA adapters (README: "LoRA adapters"); server/adapters/ serves them
     adapters_dir: str = "/mnt/adapter"  # Kaito mounts each adapter at /mnt/adapter/<name>/

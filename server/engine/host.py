@@ -11,17 +11,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Protocol
 
 from server.config import Settings
 
 log = logging.getLogger(__name__)
 
 
+class ServingLoop(Protocol):
+    """What the guard, `/health`, the drain and the metrics read of either engine's loop: the chat
+    engine's `EngineLoop` or a handler kind's `PredictBatcher`."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def running(self) -> int: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+
 class ModelHost:
+    kind: str = "chat"  # the model kind served: chat, embedding or handler (MODEL_KIND)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.loop: Any = None  # has `alive`, `stop(timeout)`, `queue_depth` and `running`
+        self.loop: ServingLoop | None = None
         self.load_error: str | None = None
         self.draining = False
         self._ready = threading.Event()

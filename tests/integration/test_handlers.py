@@ -1,6 +1,6 @@
 """MosaicML model handlers on the real server: a user's class behind /predict and /predict_stream.
 
-The counting handler (tests/handlers/fixtures, no model) shows batching, failures and streaming; the
+The counting handler (tests/kinds/fixtures, no model) shows batching, failures and streaming; the
 example handler (examples/handlers, the embedded chat model through plain transformers) is served
 from its deployment YAML.
 """

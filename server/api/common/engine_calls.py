@@ -42,7 +42,7 @@ from server.observability import access_log, metrics
 def require_ready(engine: Engine) -> None:
     """503 (with Retry-After) until the model is loaded, before anything touches the tokenizer;
     400 when the served model is not a chat model (an embedding model, a custom handler)."""
-    kind = getattr(engine, "kind", "chat")
+    kind = engine.kind
     if kind != "chat":
         what = "an embedding model" if kind == "embedding" else "a custom model handler"
         raise ApiError(400, f"this server serves {what}, not a text generation model; use "

@@ -7,8 +7,8 @@ from typing import Any
 
 from server.api.common.errors import ApiError
 from server.engine.errors import EngineUnavailable, QueueFull
-from server.handlers.base import HandlerFailure, ModelRequest
-from server.handlers.service import HandlerEngine, HandlerTimeout
+from server.kinds.base import HandlerFailure, ModelRequest
+from server.kinds.service import HandlerEngine, HandlerTimeout
 from server.observability import access_log, metrics
 
 KIND_NAMES = {"chat": "a chat (text generation) model", "embedding": "an embedding model",
@@ -17,7 +17,7 @@ KIND_NAMES = {"chat": "a chat (text generation) model", "embedding": "an embeddi
 
 def require_kind(engine: Any, kind: str, what: str) -> HandlerEngine:
     """400 when the served model is of another kind (e.g. /v1/embeddings on a chat model)."""
-    served = getattr(engine, "kind", "chat")
+    served = engine.kind
     if served != kind:
         raise ApiError(400, f"{what} needs {KIND_NAMES[kind]}; this server serves {KIND_NAMES[served]}",
                        kind="unsupported_model")

@@ -21,7 +21,7 @@ from server.api.common.dialect import Dialect, bad_request, current_engine
 from server.api.common.errors import ApiError
 from server.api.common.streaming import ndjson, ndjson_response
 from server.api.mosaic.protocol import error_body
-from server.handlers.service import HandlerEngine
+from server.kinds.service import HandlerEngine
 
 # MosaicML's wire format (its error shape, 400 for a bad body), on its own blueprint: app.py registers
 # this one instead of mosaic.bp when the model kind is not chat

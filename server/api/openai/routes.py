@@ -79,7 +79,7 @@ bp = dialect.bp
 
 def _card(model_id: str, parent: str | None = None) -> dict[str, Any]:
     card: dict[str, Any] = {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "inferbox"}
-    kind = getattr(current_engine(), "kind", "chat")
+    kind = current_engine().kind
     if kind != "chat":  # an embedding model (or a custom handler) says so
         card["type"] = kind
     else:

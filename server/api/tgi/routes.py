@@ -81,7 +81,7 @@ bp = dialect.bp
 @bp.get("/info")
 def info() -> Response:
     engine = current_engine()
-    if getattr(engine, "kind", "chat") != "chat":  # text-embeddings-inference's /info shape
+    if engine.kind != "chat":  # text-embeddings-inference's /info shape
         from server.api.common.handler_calls import info as handler_info
 
         return jsonify(handler_info(engine))

@@ -8,7 +8,7 @@ pooling (`include_prompt: false` in the preset, `POOLING_INCLUDE_PROMPT`).
 One `predict` call embeds a whole batch: rows sharing a prompt go through one forward pass (one per
 prompt in the batch, since pooling takes one prompt length per pass); rows given as token ids
 through one of their own. Where the model passes the load-time check, the pass is packed: several
-inputs share a row instead of each being padded to the longest (server/handlers/packing.py); a single
+inputs share a row instead of each being padded to the longest (server/kinds/packing.py); a single
 input, or a model that fails the check, goes through `encode` itself.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from server.config import Settings
-from server.handlers.base import ModelRequest
-from server.handlers.packing import PackedEncoder
+from server.kinds.base import ModelRequest
+from server.kinds.packing import PackedEncoder
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.errors import EngineUnavailable, QueueFull
-from server.handlers.base import HandlerFailure, ModelRequest
+from server.kinds.base import HandlerFailure, ModelRequest
 
 log = logging.getLogger(__name__)
 

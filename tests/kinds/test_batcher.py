@@ -10,9 +10,9 @@ import time
 import pytest
 
 from server.engine.errors import QueueFull
-from server.handlers.base import HandlerFailure
-from server.handlers.batcher import Fill, Job, PredictBatcher
-from tests.handlers.fixtures.counting_handler import CountingHandler
+from server.kinds.base import HandlerFailure
+from server.kinds.batcher import Fill, Job, PredictBatcher
+from tests.kinds.fixtures.counting_handler import CountingHandler
 
 
 def _job(x: object, cost: int = 1, deadline_s: float = 30.0) -> Job:
@@ -80,7 +80,7 @@ def test_a_failing_batch_gets_the_error_and_the_thread_keeps_serving(make, bad: 
     _wait(jobs)
     for j in jobs:  # the whole batch shares the failure
         assert isinstance(j.error, HandlerFailure) and j.error.status == status
-        assert "tests.handlers.fixtures.counting_handler.CountingHandler" in j.error.message
+        assert "tests.kinds.fixtures.counting_handler.CountingHandler" in j.error.message
     if status == 500:
         assert "boom" not in jobs[0].error.message and "secret" not in jobs[0].error.message
     later = _job("again")

@@ -16,9 +16,9 @@ from typing import Any
 from server.config import Settings
 from server.engine.errors import EngineUnavailable
 from server.engine.host import ModelHost
-from server.handlers import loading
-from server.handlers.base import HandlerFailure, ModelRequest, iterate, stream_of
-from server.handlers.batcher import Job, PredictBatcher
+from server.kinds import loading
+from server.kinds.base import HandlerFailure, ModelRequest, iterate, stream_of
+from server.kinds.batcher import Job, PredictBatcher
 from server.observability import metrics
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.config import Settings
-from server.handlers.embedding import SentenceEmbedder
+from server.kinds.embedding import SentenceEmbedder
 
 pytestmark = pytest.mark.model
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from server.config import ConfigError, Settings
 
-EMBEDDING_HANDLER = "server.handlers.embedding:SentenceEmbedder"
+EMBEDDING_HANDLER = "server.kinds.embedding:SentenceEmbedder"
 
 
 def split_spec(spec: str) -> tuple[str, str]:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from server.config import Settings
-from server.handlers import packing
-from server.handlers.embedding import SentenceEmbedder
-from server.handlers.packing import Layout, PackedEncoder
+from server.kinds import packing
+from server.kinds.embedding import SentenceEmbedder
+from server.kinds.packing import Layout, PackedEncoder
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "all-minilm-l6-v2"
 TEXTS = ["a", "The capital of France is Paris.", "word " * 300, "tea and volcanoes", "x",
@@ -85,7 +85,7 @@ def test_an_instruction_left_out_of_the_pooling_stays_out_when_packed(minilm) ->
 @pytest.mark.model
 def test_a_model_that_packing_would_change_keeps_the_padded_path(minilm, monkeypatch, caplog) -> None:
     monkeypatch.setattr(packing, "_position_offset", lambda model: 7)  # positions off by 7: wrong vectors
-    with caplog.at_level(logging.INFO, logger="server.handlers.packing"):
+    with caplog.at_level(logging.INFO, logger="server.kinds.packing"):
         assert PackedEncoder.verified(minilm) is None
     assert "packed vectors differ" in caplog.text
 
