@@ -39,7 +39,7 @@ from torch import nn
 _local = threading.local()
 
 
-class RowPlan:
+class RowAdapters:
     """Which rows use which adapter, set once per forward by `use_adapters`. `single`: one adapter
     for every row of the batch, whatever its expanded size (a `generate` call); otherwise `keys`,
     one per row (None: the base model), and each layer layout's row mask, built once per forward."""
@@ -50,7 +50,7 @@ class RowPlan:
         self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     @classmethod
-    def of(cls, keys: Sequence[str | None] | str | None) -> RowPlan | None:
+    def of(cls, keys: Sequence[str | None] | str | None) -> RowAdapters | None:
         if keys is None or isinstance(keys, str):
             return None if keys is None else cls(keys)
         distinct = set(keys)
@@ -85,12 +85,12 @@ class RowPlan:
 def use_adapters(keys: Sequence[str | None] | str | None) -> Iterator[None]:
     """Forward passes on this thread use these adapters: one key per row (None: the base model),
     one key for every row (a `generate` call), or None for the base model."""
-    previous = getattr(_local, "plan", None)
-    _local.plan = RowPlan.of(keys)
+    previous = getattr(_local, "rows", None)
+    _local.rows = RowAdapters.of(keys)
     try:
         yield
     finally:
-        _local.plan = previous
+        _local.rows = previous
 
 
 @dataclass
@@ -121,18 +121,18 @@ def _lora_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.T
     if "adapter_names" in kwargs:  # peft's own mixed-batch API, called directly
         return LoraLinear.forward(self, x, *args, **kwargs)
     result = self.base_layer(x, *args, **kwargs)
-    plan: RowPlan | None = getattr(_local, "plan", None)
-    if plan is None:
+    rows_of: RowAdapters | None = getattr(_local, "rows", None)
+    if rows_of is None:
         return result
-    if plan.single is not None:  # every row one adapter: exactly peft's forward
-        key = plan.single
+    if rows_of.single is not None:  # every row one adapter: exactly peft's forward
+        key = rows_of.single
         if key not in self.lora_A:
             return result
         lora_a = self.lora_A[key]
         return result + self.lora_B[key](lora_a(self.lora_dropout[key](x.to(lora_a.weight.dtype)))) \
             * self.scaling[key]
     stacked: _Stacked | None = self._inferbox_stacked
-    rows = plan.mask(stacked.layout, x.device) if stacked is not None else None
+    rows = rows_of.mask(stacked.layout, x.device) if stacked is not None else None
     if rows is None:
         return result
     mask, scale = rows

@@ -1,7 +1,7 @@
 """The engine loop: the one thread that owns the model, and the queue HTTP threads submit to.
 
-Each step is three lines: `plan = policy.schedule()`, `out = runner.run(plan)`,
-`policy.update(plan, out)`. The policy is guarded by one condition (HTTP threads add requests and
+Each step is three lines: `step = policy.schedule()`, `out = runner.run(step)`,
+`policy.update(step, out)`. The policy is guarded by one condition (HTTP threads add requests and
 read its counters); the runner runs outside it, so submitting never waits for a forward pass.
 """
 
@@ -145,18 +145,18 @@ class EngineLoop:
         return True
 
     def step(self) -> None:
-        plan = None
+        step = None
         try:
             with self._cond:
-                plan = self.policy.schedule()
+                step = self.policy.schedule()
             started = time.perf_counter()
-            out = self.runner.run(plan)
-            if plan.kind in ("prefill", "decode") and self.on_step is not None:
-                self.on_step(plan.kind, len(plan.rows), time.perf_counter() - started)
+            out = self.runner.run(step)
+            if step.kind in ("prefill", "decode") and self.on_step is not None:
+                self.on_step(step.kind, len(step.rows), time.perf_counter() - started)
             with self._cond:
-                self.policy.update(plan, out)
+                self.policy.update(step, out)
         except Exception as exc:  # a bug in bookkeeping: fail the running rows, keep the loop alive
             log.exception("engine step failed")
             with self._cond:
-                self.policy.fail_step(plan, exc)
+                self.policy.fail_step(step, exc)
             self.runner.reset()

@@ -1,7 +1,7 @@
 """The scheduling policy: which requests run in the next step, and what their tokens mean.
 
-No torch, no thread, no clock of its own (it is given one): `schedule()` hands back a `StepPlan`
-(plain data), the model runner executes it, and `update(plan, output)` takes back the sampled
+No torch, no thread, no clock of its own (it is given one): `schedule()` hands back a `Step`
+(plain data), the model runner executes it, and `update(step, output)` takes back the sampled
 tokens, streams them and decides which sequences end. Its decisions, in order:
 - sequences whose client cancelled or whose deadline passed end before a step is spent on them;
 - requests the batched step cannot reproduce exactly go to the exact lane (`needs_exact`), where
@@ -27,7 +27,7 @@ from typing import Any
 
 from server.engine.errors import QueueFull
 from server.engine.request import FinishReason, GenerationParams, GenerationRequest
-from server.engine.step import PrefixKey, Sequence, StepKind, StepOutput, StepPlan
+from server.engine.step import PrefixKey, Sequence, Step, StepKind, StepOutput
 from server.engine.stops import StopChecker, finish_reason
 
 # `extra` options whose value changes nothing for a batched sampling/greedy step.
@@ -110,7 +110,7 @@ class Policy:
         self.waiting: deque[GenerationRequest] = deque()
         self.exact_waiting: deque[GenerationRequest] = deque()
         self.running: list[Sequence] = []
-        self._leaving: list[Sequence] = []  # ended since the last plan; the runner drops them
+        self._leaving: list[Sequence] = []  # ended since the last step; the runner drops them
         self._exact_in_flight = 0
         self._last: StepKind = "idle"
         self._prefixes: OrderedDict[PrefixKey, None] = OrderedDict()
@@ -137,38 +137,38 @@ class Policy:
         self.waiting.append(request)
 
     # one step
-    def schedule(self) -> StepPlan:
+    def schedule(self) -> Step:
         self._reap()
         drop, self._leaving = self._leaving, []
         if self.running and self._last != "decode":
-            plan = self._decode_plan(drop)
+            step = self._decode_plan(drop)
         else:
             self._route()
             exact = self._exact_group() if self.exact_waiting else []
             if exact:
-                plan = StepPlan("exact", drop, exact=exact)
+                step = Step("exact", drop, exact=exact)
                 self._exact_in_flight = sum(r.params.num_return_sequences for r in exact)
                 self.stats.exact_calls += 1
             else:
                 group = self._admit()
                 if group:
-                    plan = self._prefill_plan(drop, group)
+                    step = self._prefill_plan(drop, group)
                 elif self.running:
-                    plan = self._decode_plan(drop)
+                    step = self._decode_plan(drop)
                 else:
-                    plan = StepPlan("idle", drop)
-        plan.prefixes = tuple(self._prefixes)
-        self._last = plan.kind
-        return plan
+                    step = Step("idle", drop)
+        step.prefixes = tuple(self._prefixes)
+        self._last = step.kind
+        return step
 
-    def update(self, plan: StepPlan, out: StepOutput) -> None:
+    def update(self, step: Step, out: StepOutput) -> None:
         """Take back the step's tokens: stream them, end the sequences that finished or failed."""
         self._exact_in_flight = 0
         for request, exc in out.failed:
             request.stream.fail_with(exc)
         failed = {id(r) for r, _ in out.failed}
-        if plan.kind == "prefill":
-            self.running.extend(plan.rows)
+        if step.kind == "prefill":
+            self.running.extend(step.rows)
         for s in out.sampled:
             seq = s.seq
             if seq.finish is not None or id(seq.request) in failed:
@@ -188,14 +188,14 @@ class Policy:
                     self._leaving.append(seq)
         self.running = [seq for seq in self.running if seq.finish is None]
 
-    def fail_step(self, plan: StepPlan | None, exc: BaseException) -> None:
+    def fail_step(self, step: Step | None, exc: BaseException) -> None:
         """A step failed outside the runner's own isolation: fail every running sequence and
-        whatever the plan was bringing in (so no request is left waiting)."""
-        seqs = self.running + (plan.rows if plan is not None and plan.kind == "prefill" else [])
+        whatever the step was bringing in (so no request is left waiting)."""
+        seqs = self.running + (step.rows if step is not None and step.kind == "prefill" else [])
         for seq in seqs:
             seq.request.stream.fail_with(exc)
             seq.finish = "error"
-        for req in plan.exact if plan is not None else []:
+        for req in step.exact if step is not None else []:
             req.stream.fail_with(exc)
         self._leaving.extend(seqs)
         self.running = []
@@ -294,21 +294,21 @@ class Policy:
             self._path("batched")
         return group
 
-    def _prefill_plan(self, drop: list[Sequence], group: list[GenerationRequest]) -> StepPlan:
+    def _prefill_plan(self, drop: list[Sequence], group: list[GenerationRequest]) -> Step:
         rows = [Sequence(req, j, self._checker(req.params))
                 for req in group for j in range(req.params.num_return_sequences)]
         prefix = self._shared_prefix(group)
         self.stats.prefills += 1
         if prefix is not None:
             self.stats.prefix_rows += len(rows)
-        return StepPlan("prefill", drop, rows=rows, prefix=prefix)
+        return Step("prefill", drop, rows=rows, prefix=prefix)
 
-    def _decode_plan(self, drop: list[Sequence]) -> StepPlan:
+    def _decode_plan(self, drop: list[Sequence]) -> Step:
         st = self.stats
         st.steps += 1
         st.peak_rows = max(st.peak_rows, len(self.running))
         st.peak_tokens = max(st.peak_tokens, len(self.running) * max(s.tokens for s in self.running))
-        return StepPlan("decode", drop, rows=list(self.running))
+        return Step("decode", drop, rows=list(self.running))
 
     def _checker(self, params: GenerationParams) -> StopChecker | None:
         if not params.stop or self._stop_checker is None:

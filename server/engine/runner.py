@@ -1,9 +1,9 @@
-"""The model runner: every forward pass of the engine, one `StepPlan` at a time.
+"""The model runner: every forward pass of the engine, one `Step` at a time.
 
 It owns the model-side state the policy never sees: the running `Batch` (KV cache, masks), each
 row's sampler (parameters, history, random generator), and the keys/values of shared prefixes.
-`run(plan)` drops the rows the policy ended, merges the rows prefilled in the previous step, then
-runs the step: a batched prefill of new rows (on top of a shared prefix when the plan names one),
+`run(step)` drops the rows the policy ended, merges the rows prefilled in the previous step, then
+runs the step: a batched prefill of new rows (on top of a shared prefix when the step names one),
 a batched decode of every running row, or one exact `generate` call (exact.py). It samples one
 token per row and hands them back in a `StepOutput`; the policy decides what they mean.
 
@@ -33,7 +33,7 @@ from server.engine.errors import ConstraintDeadEnd, InvalidDistribution
 from server.engine.exact import generate_exact
 from server.engine.request import GenerationRequest
 from server.engine.sampling import Choice, RowSampler, choose
-from server.engine.step import PrefixKey, Sampled, Sequence, StepOutput, StepPlan
+from server.engine.step import PrefixKey, Sampled, Sequence, Step, StepOutput
 from server.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -70,27 +70,27 @@ class ModelRunner:
         self._note(lockstep.Clear("batch"))
         self._note(lockstep.Clear("fresh"))
 
-    def run(self, plan: StepPlan) -> StepOutput:
+    def run(self, step: Step) -> StepOutput:
         out = StepOutput()
-        leaving = {id(s) for s in plan.drop}
+        leaving = {id(s) for s in step.drop}
         for slot, batch in (("batch", self._batch), ("fresh", self._fresh)):
             if batch is not None and leaving:
                 keep = [i for i, r in enumerate(batch.rows) if id(r.seq) not in leaving]
                 if len(keep) < len(batch):
                     self._note(lockstep.Filter(slot, keep))
                     batch.filter(keep)
-        gone = [k for k in self._prefixes if k not in plan.prefixes]
+        gone = [k for k in self._prefixes if k not in step.prefixes]
         if gone:
-            self._note(lockstep.KeepPrefixes(plan.prefixes))
+            self._note(lockstep.KeepPrefixes(step.prefixes))
             for key in gone:
                 del self._prefixes[key]
         self._merge(out)
-        if plan.kind == "prefill":
-            self._prefill(plan, out)
-        elif plan.kind == "decode":
+        if step.kind == "prefill":
+            self._prefill(step, out)
+        elif step.kind == "decode":
             self._decode(out)
-        elif plan.kind == "exact" and plan.exact:
-            self._exact(plan.exact, out)
+        elif step.kind == "exact" and step.exact:
+            self._exact(step.exact, out)
         return out
 
     # tensor parallelism
@@ -118,19 +118,19 @@ class ModelRunner:
             self._batch = None
             self._note(lockstep.Clear("batch"))
 
-    def _prefill(self, plan: StepPlan, out: StepOutput) -> None:
+    def _prefill(self, step: Step, out: StepOutput) -> None:
         try:
-            rows = [self._row(seq) for seq in plan.rows]
+            rows = [self._row(seq) for seq in step.rows]
             adapters = [r.request.adapter_key for r in rows]
-            op = lockstep.Prefill([r.prompt for r in rows], plan.prefix, adapters)
+            op = lockstep.Prefill([r.prompt for r in rows], step.prefix, adapters)
             with self.loaded.exclusive(), self._forward(op):
-                prefix = prefix_for(self.model, self._prefixes, plan.prefix, adapters)
+                prefix = prefix_for(self.model, self._prefixes, step.prefix, adapters)
                 with use_adapters(adapters):
                     fresh, logits = Batch.prefill(self.model, rows, self.loaded.pad_token_id, prefix)
             self._sample("fresh", fresh, logits, out)
         except Exception as exc:  # fail the newcomers only; the running batch is untouched
-            log.exception("prefill failed for %d row(s)", len(plan.rows))
-            out.failed.extend((req, exc) for req in _distinct(s.request for s in plan.rows))
+            log.exception("prefill failed for %d row(s)", len(step.rows))
+            out.failed.extend((req, exc) for req in _distinct(s.request for s in step.rows))
             self._note(lockstep.Clear("fresh"))
             return
         self._fresh = fresh

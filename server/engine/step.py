@@ -1,7 +1,7 @@
 """The plain data that crosses the seam between the scheduling policy and the model runner.
 
-The policy builds a `StepPlan` of `Sequence`s; the runner executes it and answers with a
-`StepOutput`. No torch here: a plan can be built and checked without a model.
+The policy builds a `Step` of `Sequence`s; the runner executes it and answers with a
+`StepOutput`. No torch here: a step can be built and checked without a model.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Sequence:
 
 
 @dataclass
-class StepPlan:
+class Step:
     """What the runner does in one step. `drop` leave the running batch first; then, by `kind`:
     prefill `rows` (with the shared `prefix`, if any), decode `rows` (every running sequence),
     or run the `exact` group through `generate`. `prefixes` are the prefixes worth keeping, each

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from server.adapters.runtime import LoraRuntime, RowPlan, use_adapters
+from server.adapters.runtime import LoraRuntime, RowAdapters, use_adapters
 from tools.adapters import make_adapter, make_tiny_base
 
 pytestmark = pytest.mark.model
@@ -60,9 +60,9 @@ def test_mixed_rows_equal_peft_and_base_rows_are_untouched(tiny) -> None:
 
 
 def test_row_plans() -> None:
-    assert RowPlan.of(None) is None and RowPlan.of([None, None]) is None
-    assert RowPlan.of("a").single == "a" and RowPlan.of(["a", "a"]).single == "a"
-    plan = RowPlan.of([None, "a", "b", "a"])
+    assert RowAdapters.of(None) is None and RowAdapters.of([None, None]) is None
+    assert RowAdapters.of("a").single == "a" and RowAdapters.of(["a", "a"]).single == "a"
+    plan = RowAdapters.of([None, "a", "b", "a"])
     assert plan.single is None
     mask, scale = plan.mask((("a", 0, 2, 0.5), ("b", 2, 5, 2.0)), torch.device("cpu"))
     assert mask.tolist() == [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0]]

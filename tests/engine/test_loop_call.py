@@ -12,7 +12,7 @@ from server.engine.errors import EngineUnavailable
 from server.engine.loop import EngineLoop
 from server.engine.policy import Policy
 from server.engine.request import GenerationParams, GenerationRequest
-from server.engine.step import Sampled, StepOutput, StepPlan
+from server.engine.step import Sampled, Step, StepOutput
 
 
 class SlowRunner:
@@ -22,7 +22,7 @@ class SlowRunner:
         self.in_step = False
         self.steps = 0
 
-    def run(self, plan: StepPlan) -> StepOutput:
+    def run(self, plan: Step) -> StepOutput:
         self.in_step = True
         time.sleep(0.01)
         self.steps += 1

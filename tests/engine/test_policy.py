@@ -13,7 +13,7 @@ import pytest
 from server.engine.errors import QueueFull
 from server.engine.policy import Policy, PolicyLimits
 from server.engine.request import FinishEvent, GenerationParams, GenerationRequest, TokenEvent
-from server.engine.step import Sampled, StepOutput, StepPlan
+from server.engine.step import Sampled, Step, StepOutput
 from server.engine.stops import StopChecker
 
 EOS = 0
@@ -48,12 +48,12 @@ def req(prompt: int | list[int] = 4, max_new: int = 8, deadline: float | None = 
                              deadline=deadline)
 
 
-def out_for(plan: StepPlan, token: int = ord("a")) -> StepOutput:
+def out_for(plan: Step, token: int = ord("a")) -> StepOutput:
     """What a runner would hand back: the same token for every row of the plan."""
     return StepOutput(sampled=[Sampled(seq, token) for seq in plan.rows])
 
 
-def step(policy: Policy, token: int = ord("a")) -> StepPlan:
+def step(policy: Policy, token: int = ord("a")) -> Step:
     plan = policy.schedule()
     policy.update(plan, out_for(plan, token))
     return plan
