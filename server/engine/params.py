@@ -6,6 +6,7 @@ Every dialect maps its own fields onto `generate` names and calls `build_params`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,10 +131,10 @@ def _ints(value: Any) -> list[int]:
     return []
 
 
-def _format_error(exc: ValidationError) -> str:
+def _format_error(exc: ValidationError, name: Callable[[str], str]) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(name(str(p)) for p in err["loc"])
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
 
@@ -143,20 +144,27 @@ def build_params(
     prompt_tokens: int,
     limits: ModelLimits,
     dialect_defaults: dict[str, Any] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> GenerationParams:
-    """Merge model defaults < dialect defaults < the client's values, then validate."""
+    """Merge model defaults < dialect defaults < the client's values, then validate. `names`: the
+    dialect's names for the engine's options (OpenAI's `max_tokens` for `max_new_tokens`, and for
+    `generate_kwargs` itself), which the error messages use."""
+    def name(key: str) -> str:
+        return (names or {}).get(key, key)
+
+    kwargs_name = name("generate_kwargs")
     if not isinstance(client, dict):
-        raise InvalidParams("generate_kwargs must be a JSON object")
+        raise InvalidParams(f"{kwargs_name} must be a JSON object")
     client = {k: v for k, v in client.items() if v is not None}  # null means "not given"
     unknown = sorted(k for k in client if k not in ALLOWED)
     if unknown:
         raise InvalidParams(
-            f"unknown or unsupported generate_kwargs key(s): {', '.join(unknown)}"
+            f"unknown or unsupported {kwargs_name} key(s): {', '.join(unknown)}"
         )
     try:
         _Typed.model_validate(client)
     except ValidationError as exc:
-        raise InvalidParams(f"invalid generate_kwargs: {_format_error(exc)}") from None
+        raise InvalidParams(f"invalid {kwargs_name}: {_format_error(exc, name)}") from None
 
     merged: dict[str, Any] = {}
     merged.update({k: v for k, v in limits.generation_defaults.items() if k in ALLOWED})
@@ -175,14 +183,14 @@ def build_params(
         max_new = int(merged["max_length"]) - prompt_tokens
         if max_new < 1:
             raise InvalidParams(
-                f"the prompt is {prompt_tokens} tokens but max_length is {merged['max_length']}; "
-                "raise max_length or set max_new_tokens"
+                f"the prompt is {prompt_tokens} tokens but {name('max_length')} is {merged['max_length']}; "
+                f"raise {name('max_length')} or set {name('max_new_tokens')}"
             )
     else:  # nobody chose: a moderate default that fits the context
         max_new = max(1, min(256, limits.context_length - prompt_tokens))
     if prompt_tokens + max_new > limits.context_length:
         raise InvalidParams(
-            f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new}) exceeds the model's "
+            f"prompt ({prompt_tokens} tokens) + {name('max_new_tokens')} ({max_new}) exceeds the model's "
             f"context length of {limits.context_length} tokens"
         )
     if merged.get("min_new_tokens") is not None and (client.get("min_new_tokens") is not None
@@ -205,10 +213,10 @@ def build_params(
     for key in TOKEN_ID_OPTIONS:
         for tid in _ints(client.get(key)):
             if not 0 <= tid < limits.vocab_size:
-                raise InvalidParams(f"{key}: token id {tid} is outside the vocabulary "
+                raise InvalidParams(f"{name(key)}: token id {tid} is outside the vocabulary "
                                     f"(size {limits.vocab_size})")
         if key in ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens") and client.get(key) == []:
-            raise InvalidParams(f"{key} must not be empty (leave it out instead)")
+            raise InvalidParams(f"{name(key)} must not be empty (leave it out instead)")
     if "bad_words_ids" in client and any(not seq for seq in client["bad_words_ids"]):
         raise InvalidParams("bad_words_ids must not contain an empty list")
 
@@ -243,11 +251,11 @@ def build_params(
         draft_ngram=int(merged.get("max_matching_ngram_size") or 2),
         extra=tuple(sorted(extra.items(), key=lambda kv: kv[0])),
     )
-    _check_with_transformers(params)
+    _check_with_transformers(params, kwargs_name)
     return params
 
 
-def _check_with_transformers(params: GenerationParams) -> None:
+def _check_with_transformers(params: GenerationParams, kwargs_name: str = "generate_kwargs") -> None:
     """Let transformers reject combinations it cannot run (e.g. beams < return sequences)."""
     import warnings
 
@@ -258,7 +266,7 @@ def _check_with_transformers(params: GenerationParams) -> None:
             config = GenerationConfig(**kwargs)
             config.validate()
     except Exception as exc:  # any rejection by transformers is about these values
-        raise InvalidParams(f"invalid generate_kwargs: {type(exc).__name__}: {exc}") from None
+        raise InvalidParams(f"invalid {kwargs_name}: {type(exc).__name__}: {exc}") from None
     beams = int(kwargs.get("num_beams") or 1)
     if not params.do_sample and params.num_return_sequences > beams:
         raise InvalidParams(

@@ -58,7 +58,8 @@ class Dialect:
     invalid: Callable[[ValidationError], ApiError] = unprocessable
     defaults: dict[str, Any] = field(default_factory=dict)  # sampling defaults over generation_config
     # engine option names as this dialect's clients know them, for error messages
-    renames: dict[str, str] = field(default_factory=lambda: {"generate_kwargs": "parameters"})
+    # the engine's option names as this dialect's clients know them (error messages use them)
+    names: dict[str, str] = field(default_factory=lambda: {"generate_kwargs": "parameters"})
     url_prefix: str | None = None
     bp: Blueprint = field(init=False)
 
@@ -84,13 +85,7 @@ class Dialect:
 
     def params(self, engine: Engine, kwargs: dict[str, Any], prompt_tokens: int) -> GenerationParams:
         """Engine parameters over this dialect's defaults; errors name options as its clients do."""
-        try:
-            return engine_calls.make_params(engine, kwargs, prompt_tokens, self.defaults)
-        except ApiError as exc:
-            msg = exc.message
-            for old, new in self.renames.items():
-                msg = msg.replace(old, new)
-            raise ApiError(exc.status, msg, exc.kind, exc.param, exc.headers) from None
+        return engine_calls.make_params(engine, kwargs, prompt_tokens, self.defaults, self.names)
 
 
 def current_engine() -> Engine:

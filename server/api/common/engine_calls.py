@@ -55,7 +55,8 @@ def require_ready(engine: Engine) -> None:
 
 
 def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
-                defaults: dict[str, Any] | None = None) -> GenerationParams:
+                defaults: dict[str, Any] | None = None, names: dict[str, str] | None = None
+                ) -> GenerationParams:
     if engine.limits is None:
         raise ApiError(503, "the model is not loaded yet", kind="unavailable", headers={"Retry-After": "5"})
     limit = engine.settings.max_input_tokens
@@ -63,7 +64,7 @@ def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
         raise ApiError(400, f"the prompt is {prompt_tokens} tokens; this server accepts at most {limit} "
                        f"(MAX_INPUT_TOKENS)", kind="context_length_exceeded", param="prompt")
     try:
-        return build_params(kwargs, prompt_tokens, engine.limits, defaults)
+        return build_params(kwargs, prompt_tokens, engine.limits, defaults, names)
     except InvalidParams as exc:
         raise ApiError(400, str(exc)) from None
 

@@ -29,8 +29,8 @@ def _error(exc: ApiError) -> tuple[int, dict[str, Any]]:
     return exc.status, {"detail": exc.message}
 
 
-# `generate_kwargs` is this dialect's own name for the engine's options: no renames
-dialect = Dialect("kaito", _error, defaults=KAITO_DEFAULTS, renames={})
+# `generate_kwargs` is this dialect's own name for the engine's options: no other names
+dialect = Dialect("kaito", _error, defaults=KAITO_DEFAULTS, names={})
 bp = dialect.bp
 
 

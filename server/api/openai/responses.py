@@ -47,7 +47,7 @@ def _invalid(exc: ValidationError) -> ApiError:
 
 # OpenAI's error shape and sampling defaults; engine option names as Responses clients know them
 dialect = Dialect("responses", openai.dialect.error_body, invalid=_invalid, defaults=openai.OPENAI_DEFAULTS,
-                  url_prefix="/v1", renames={"max_new_tokens": "max_output_tokens",
+                  url_prefix="/v1", names={"max_new_tokens": "max_output_tokens",
                                              "generate_kwargs": "parameters"})
 bp = dialect.bp
 

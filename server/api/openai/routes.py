@@ -73,7 +73,7 @@ def _invalid(exc: ValidationError) -> ApiError:
 
 
 dialect = Dialect("openai", _error, invalid=_invalid, defaults=OPENAI_DEFAULTS, url_prefix="/v1",
-                  renames={"max_new_tokens": "max_tokens", "generate_kwargs": "parameters"})
+                  names={"max_new_tokens": "max_tokens", "generate_kwargs": "parameters"})
 bp = dialect.bp
 
 

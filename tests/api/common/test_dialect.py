@@ -49,7 +49,7 @@ def _busy() -> Response:
     raise ApiError(503, "busy", kind="overloaded", headers={"Retry-After": "1"})
 
 
-strict = Dialect("strictdialect", _error, invalid=bad_request, renames={}, url_prefix="/strict")
+strict = Dialect("strictdialect", _error, invalid=bad_request, names={}, url_prefix="/strict")
 
 
 @strict.bp.post("/run")
