@@ -5,9 +5,9 @@ Options a batched decode step cannot reproduce (beam search, constrained decodin
 `generate_kwargs` surface never shrinks. The policy routes and groups the requests (`needs_exact`,
 `exact_key`); the model runner calls `generate_exact` as one step of the engine loop.
 
-Tokens are streamed per step through a stopping criterion, which ends rows the way the batched
-path does (`stops.finish_reason` with a `StopChecker`: stop strings match on incrementally decoded
-text, across token boundaries and spaces), and also applies cancellation and deadlines. When
+Tokens are streamed per step through a stopping criterion. Whether a row ends is the policy's
+decision, the same as on the batched path (`EndRules`, handed in with the step: EOS, length, stop
+strings matched on incrementally decoded text, cancellation, deadlines); this lane only asks. When
 logprobs are wanted, a row's finish event waits until its logprobs (read from `generate`'s logits
 at the end) are pushed, so that a stream never ends before them.
 
@@ -19,7 +19,6 @@ rank 0 announces it with its inputs and a seed, then sends each step's tokens an
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Sequence
 
 import torch
@@ -28,16 +27,18 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from server.engine.constraint_mask import ConstraintProcessor, MaskApplier
 from server.engine.lockstep import Exact, Leader
 from server.engine.request import FinishReason, GenerationRequest
-from server.engine.stops import StopChecker, finish_reason, text_of
+from server.engine.step import EndRules
+from server.engine.stops import StopChecker, text_of
 from server.model.loader import LoadedModel
 
 
 class _ExactRow:
-    __slots__ = ("request", "index", "generated", "checker", "defer_end", "reason")
+    __slots__ = ("request", "index", "generated", "checker", "defer_end", "reason", "rules")
 
     def __init__(self, request: GenerationRequest, index: int, checker: StopChecker | None,
-                 defer_end: bool = False) -> None:
+                 rules: EndRules, defer_end: bool = False) -> None:
         self.request = request
+        self.rules = rules
         self.index = index
         self.generated: list[int] = []
         self.checker = checker
@@ -48,21 +49,22 @@ class _ExactRow:
         if self.reason is None:
             self.reason = reason
             if not self.defer_end:
-                self.request.stream.finish(self.index, reason)
+                self.rules.end(self.request, self.index, reason)
 
 
 class _StreamingCriteria(StoppingCriteria):
-    """Streams each row's newest token and ends rows on EOS, stop strings, length, cancel or deadline."""
+    """Streams each row's newest token and ends the rows the policy's rules end."""
 
-    def __init__(self, rows: list[_ExactRow], stream: bool, leader: Leader | None = None) -> None:
+    def __init__(self, rows: list[_ExactRow], stream: bool, rules: EndRules,
+                 leader: Leader | None = None) -> None:
         self.rows = rows
         self.stream = stream
+        self.rules = rules
         self.leader = leader
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        now = time.monotonic()
         if not self.stream:  # beam search: rows are beams; stop only when every request gave up
-            stop = all(r.request.stream.cancelled or (r.request.deadline or now + 1) < now for r in self.rows)
+            stop = all(self.rules.gone(r.request) is not None for r in self.rows)
             if self.leader is not None:
                 self.leader.step(None, [stop] * input_ids.shape[0])
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
@@ -76,13 +78,9 @@ class _StreamingCriteria(StoppingCriteria):
                 req.stream.push(row.index, [token])
                 if row.checker is not None:
                     row.checker.add([token])
-                reason = finish_reason(req.params, len(row.generated), token, row.checker)
+                reason = self.rules.judge(req, len(row.generated), token, row.checker)
                 if reason is not None:
                     row.end(reason)
-                elif req.stream.cancelled:
-                    row.end("cancelled")
-                elif req.deadline is not None and now > req.deadline:
-                    row.end("timeout")
             done[i] = row.reason is not None
         if self.leader is not None:
             self.leader.step([int(t) for t in last], done.tolist())
@@ -90,7 +88,7 @@ class _StreamingCriteria(StoppingCriteria):
 
 
 @torch.inference_mode()
-def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
+def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest], rules: EndRules,
                    masks: MaskApplier | None = None, leader: Leader | None = None) -> None:
     """Run one `generate` call for requests whose parameters are identical (seed aside); their
     output constraints, if any, as a logits processor (`masks` applies them). With `leader`, the
@@ -109,7 +107,7 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
     # Per-step streaming only where each row of generate's input is one output sequence.
     stream = int(config.num_beams or 1) == 1
     rows = [_ExactRow(r, j, StopChecker(loaded.tokenizer, params.stop) if params.stop and stream else None,
-                      defer_end=params.logprobs)
+                      rules, defer_end=params.logprobs)
             for r in requests for j in range(n)]
     processors = LogitsProcessorList()
     if any(r.constraint is not None for r in requests):
@@ -131,7 +129,7 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
         attention_mask=mask.to(loaded.device),
         generation_config=config,
         logits_processor=processors,
-        stopping_criteria=StoppingCriteriaList([_StreamingCriteria(rows, stream, leader)]),
+        stopping_criteria=StoppingCriteriaList([_StreamingCriteria(rows, stream, rules, leader)]),
     )
     sequences = out.sequences[:, width:].tolist()
     logits = out.logits if params.logprobs else None
@@ -152,7 +150,7 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest],
                 reason = "stop"
             row.end(reason)
         if row.defer_end:  # the logprobs are out: now the finish event
-            row.request.stream.finish(row.index, row.reason or "length")
+            rules.end(row.request, row.index, row.reason or "length")
 
 
 def _trim(tokens: list[int], eos: tuple[int, ...], pad: int) -> list[int]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from server.engine.errors import QueueFull
 from server.engine.request import FinishReason, GenerationParams, GenerationRequest
-from server.engine.step import PrefixKey, Sequence, Step, StepKind, StepOutput
+from server.engine.step import EndRules, PrefixKey, Sequence, Step, StepKind, StepOutput
 from server.engine.stops import StopChecker, finish_reason
 
 # `extra` options whose value changes nothing for a batched sampling/greedy step.
@@ -116,6 +116,7 @@ class Policy:
         self._prefixes: OrderedDict[PrefixKey, None] = OrderedDict()
         self._last_prompt: list[int] | None = None
         self.stats = PolicyStats()
+        self._rules = EndRules(self.judge, self.gone, self.end)  # handed to the exact lane
 
     # what the engine loop and the metrics read
     @property
@@ -146,7 +147,7 @@ class Policy:
             self._route()
             exact = self._exact_group() if self.exact_waiting else []
             if exact:
-                step = Step("exact", drop, exact=exact)
+                step = Step("exact", drop, exact=exact, rules=self._rules)
                 self._exact_in_flight = sum(r.params.num_return_sequences for r in exact)
                 self.stats.exact_calls += 1
             else:
@@ -178,7 +179,7 @@ class Policy:
                                     None if s.top_logprobs is None else [s.top_logprobs])
             if seq.checker is not None:
                 seq.checker.add([s.token])
-            reason = finish_reason(seq.request.params, len(seq.generated), s.token, seq.checker)
+            reason = self.judge(seq.request, len(seq.generated), s.token, seq.checker)
             if reason is not None:
                 self._end(seq, reason)
         if failed:
@@ -201,7 +202,24 @@ class Policy:
         self.running = []
         self._exact_in_flight = 0
 
-    # decisions
+    # decisions (both lanes: the exact lane is handed them as `Step.rules`)
+    def judge(self, request: GenerationRequest, generated: int, token: int,
+              checker: StopChecker | None) -> FinishReason | None:
+        """Whether a sequence ends after its `generated`-th token."""
+        return finish_reason(request.params, generated, token, checker) or self.gone(request)
+
+    def gone(self, request: GenerationRequest) -> FinishReason | None:
+        """Whether a request was given up: its client went away or its deadline passed."""
+        if request.stream.cancelled:
+            return "cancelled"
+        if request.deadline is not None and self._clock() > request.deadline:
+            return "timeout"
+        return None
+
+    @staticmethod
+    def end(request: GenerationRequest, index: int, reason: FinishReason) -> None:
+        request.stream.finish(index, reason)
+
     def _end(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.finish is None:
             seq.finish = reason
@@ -209,25 +227,19 @@ class Policy:
             self._leaving.append(seq)
 
     def _reap(self) -> None:
-        now = self._clock()
         for seq in self.running:
-            req = seq.request
-            if req.stream.cancelled:
-                self._end(seq, "cancelled")
-            elif req.deadline is not None and now > req.deadline:
-                self._end(seq, "timeout")
+            reason = self.gone(seq.request)
+            if reason is not None:
+                self._end(seq, reason)
         self.running = [seq for seq in self.running if seq.finish is None]
 
     def _gone(self, req: GenerationRequest) -> bool:
         """End a queued request that was cancelled or expired, without running it."""
-        if req.stream.cancelled:
-            reason: FinishReason = "cancelled"
-        elif req.deadline is not None and self._clock() > req.deadline:
-            reason = "timeout"
-        else:
+        reason = self.gone(req)
+        if reason is None:
             return False
         for i in range(req.params.num_return_sequences):
-            req.stream.finish(i, reason)
+            self.end(req, i, reason)
         return True
 
     def _path(self, path: str) -> None:

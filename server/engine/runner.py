@@ -33,7 +33,7 @@ from server.engine.errors import ConstraintDeadEnd, InvalidDistribution
 from server.engine.exact import generate_exact
 from server.engine.request import GenerationRequest
 from server.engine.sampling import Choice, RowSampler, choose
-from server.engine.step import PrefixKey, Sampled, Sequence, Step, StepOutput
+from server.engine.step import EndRules, PrefixKey, Sampled, Sequence, Step, StepOutput
 from server.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ class ModelRunner:
             self._prefill(step, out)
         elif step.kind == "decode":
             self._decode(out)
-        elif step.kind == "exact" and step.exact:
-            self._exact(step.exact, out)
+        elif step.kind == "exact" and step.exact and step.rules is not None:
+            self._exact(step.exact, step.rules, out)
         return out
 
     # tensor parallelism
@@ -155,10 +155,10 @@ class ModelRunner:
             self._batch = None
             self._note(lockstep.Clear("batch"))
 
-    def _exact(self, group: list[GenerationRequest], out: StepOutput) -> None:
+    def _exact(self, group: list[GenerationRequest], rules: EndRules, out: StepOutput) -> None:
         try:
             with self.loaded.exclusive(), use_adapters(group[0].adapter_key):  # one adapter per group
-                generate_exact(self.loaded, group, self.masks, self.leader)
+                generate_exact(self.loaded, group, rules, self.masks, self.leader)
         except Exception as exc:  # one failed call fails its requests, not the server
             if self.leader is not None and self.leader.exact_steps:  # the other ranks ran its forwards
                 raise lockstep.RankLost(f"exact generate failed under tensor parallelism: {exc}") from exc

@@ -6,6 +6,7 @@ The policy builds a `Step` of `Sequence`s; the runner executes it and answers wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +40,17 @@ class Sequence:
         return self.request.prompt_tokens + len(self.generated)
 
 
+@dataclass(frozen=True)
+class EndRules:
+    """The policy's decisions, handed to the exact lane, whose `generate` call runs many tokens in one
+    step: whether a sequence ends after a token (`judge`: EOS, length, stop strings, cancellation,
+    deadline), whether a whole call has been given up (`gone`), and ending a sequence (`end`)."""
+
+    judge: Callable[[GenerationRequest, int, int, StopChecker | None], FinishReason | None]
+    gone: Callable[[GenerationRequest], FinishReason | None]
+    end: Callable[[GenerationRequest, int, FinishReason], None]
+
+
 @dataclass
 class Step:
     """What the runner does in one step. `drop` leave the running batch first; then, by `kind`:
@@ -52,6 +64,7 @@ class Step:
     exact: list[GenerationRequest] = field(default_factory=list)
     prefix: tuple[int, ...] | None = None
     prefixes: tuple[PrefixKey, ...] = ()
+    rules: EndRules | None = None  # with `exact`: how its sequences end (the policy's)
 
 
 @dataclass

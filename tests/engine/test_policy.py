@@ -341,3 +341,26 @@ def test_exact_groups_never_mix_adapters() -> None:
             groups.append([r.adapter_key for r in plan.exact])
         policy.update(plan, StepOutput())
     assert sorted(groups, key=str) == sorted([["a", "a"], [None], ["b"]], key=str)
+
+
+def test_the_exact_lane_ends_sequences_by_the_policys_rules() -> None:
+    """An exact step carries the policy's end rules: the `generate` call asks them after each token
+    (EOS, length, cancellation, deadline, on the policy's clock) and ends sequences through them."""
+    clock = Clock()
+    policy, _ = make_policy(clock)
+    beams = req(extra=(("num_beams", 2),), max_new=3)
+    late = req(extra=(("num_beams", 2),), deadline=clock.now + 5)
+    policy.add(beams)
+    policy.add(late)
+    plan = policy.schedule()
+    assert plan.kind == "exact" and plan.rules is not None
+    rules = plan.rules
+    assert rules.judge(beams, 1, EOS, None) == "eos"
+    assert rules.judge(beams, 3, ord("a"), None) == "length"
+    assert rules.judge(late, 1, ord("a"), None) is None and rules.gone(late) is None
+    clock.now += 10  # past the deadline: the policy's clock decides
+    assert rules.judge(late, 1, ord("a"), None) == "timeout" and rules.gone(late) == "timeout"
+    beams.stream.cancel()
+    assert rules.gone(beams) == "cancelled"
+    rules.end(late, 0, "timeout")
+    assert [type(e) for e in late.stream.events(timeout=1)] == [FinishEvent]
