@@ -90,6 +90,12 @@ class AdapterManager:
         with self._lock:
             return len(self._entries)
 
+    @property
+    def held(self) -> int:
+        """Requests holding an adapter now (each releases its hold when its stream ends)."""
+        with self._lock:
+            return sum(e.users for e in self._entries.values())
+
     def list(self) -> list[AdapterInfo]:
         """Named adapters (merges are per-request and not listed), `combined` first."""
         with self._lock:

@@ -192,6 +192,15 @@ class LoraRuntime:
                     self._patched.add(id(module))
 
 
+def stacked_adapters(layer: torch.nn.Module) -> tuple[list[str], int]:
+    """The adapter keys a LoRA layer runs at once in a mixed batch, and their stacked rank (what
+    `/v1/models` cannot show and the tests check after loads and deletes)."""
+    stacked: _Stacked | None = getattr(layer, "_inferbox_stacked", None)
+    if stacked is None:
+        return [], 0
+    return [key for key, *_ in stacked.layout], int(stacked.a.shape[0])
+
+
 @contextlib.contextmanager
 def _mutating() -> Iterator[None]:
     # Plain tensors (the engine loop runs in inference mode, whose tensors cannot be edited later).

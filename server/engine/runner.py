@@ -60,6 +60,11 @@ class ModelRunner:
         return supports_batching(self.model)
 
     @property
+    def batch(self) -> Batch | None:
+        """The running batch (read it, never edit it: the follower test compares caches with it)."""
+        return self._batch
+
+    @property
     def rows(self) -> int:
         """Rows held in the KV cache (running and just prefilled)."""
         return sum(len(b) for b in (self._batch, self._fresh) if b is not None)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.adapters import AdapterError, AdapterRef, MergeRecipe
+from server.config import ConfigError, load_settings
 from server.engine.request import collect
 from server.observability import metrics
 from tests.support.adapters import Reference, make_request
@@ -93,7 +94,7 @@ def test_every_bad_input_is_an_adapter_error_and_the_engine_keeps_serving(engine
     engine.submit(ok)
     assert metrics.ADAPTER.get() == "adapter1"  # this thread's request is counted under its adapter
     assert len(collect(ok, timeout=120)[0].token_ids) >= 1
-    assert all(e.users == 0 for e in engine.adapters._entries.values())  # no hold leaked by a refusal
+    assert engine.adapters.held == 0  # no hold leaked by a refusal
     names = {a.name for a in engine.adapters.list()}
     assert names == {"combined", "adapter1", "adapter2", "adapter3"}  # nothing half-loaded stayed
     with pytest.raises(AdapterError) as err:
@@ -120,10 +121,8 @@ def test_start_up_refuses_bad_adapters_with_the_reason(tmp_path: Path, start_eng
     assert "other-base" in engine.load_error and "another base model" in engine.load_error
     good = tmp_path / "good"
     shutil.copytree(roots["mnt"] / "adapter1", good / "adapter1")
-    monkeypatch.setenv("adapter1", "strong")
-    engine = start_engine_raw(adapters_dir=str(good))
-    assert "adapter1='strong' is not a number" in engine.load_error
-    monkeypatch.delenv("adapter1")
+    with pytest.raises(ConfigError, match="adapter1='strong' is not a number"):  # refused at start
+        load_settings({"ADAPTERS_DIR": str(good), "adapter1": "strong"})
     engine = start_engine_raw(adapters_dir=str(good), default_adapter="nope")
     assert "'nope' not found" in engine.load_error
 
@@ -143,7 +142,7 @@ def test_least_recently_used_adapters_are_evicted_never_one_in_use(roots, start_
     engine = start_engine(adapters_dir=str(roots["mnt"]), max_loaded_adapters=2)
     m = engine.adapters
     assert [a.name for a in m.list()] == ["combined", "adapter3"]  # trimmed after start-up; combined stays
-    assert metrics.LOADED_ADAPTERS._value.get() == 2
+    assert metrics.REGISTRY.get_sample_value("inferbox_loaded_adapters") == 2
     held = m.resolve(AdapterRef("adapter1"), hold=True)  # on demand from ADAPTERS_DIR; adapter3 goes
     assert [a.name for a in m.list()] == ["combined", "adapter1"]
     m.resolve(AdapterRef("adapter2"))  # adapter1 is in use: nothing can go, one over the limit
@@ -154,7 +153,7 @@ def test_least_recently_used_adapters_are_evicted_never_one_in_use(roots, start_
     req = make_request(engine, "Hi", AdapterRef("adapter1"), max_new_tokens=2)  # reloads on demand
     engine.submit(req)
     assert collect(req, timeout=120)[0].token_ids
-    assert metrics.LOADED_ADAPTERS._value.get() == m.loaded == 2
+    assert metrics.REGISTRY.get_sample_value("inferbox_loaded_adapters") == m.loaded == 2
 
 
 def test_an_adapter_evicted_before_each_use_is_a_503_not_a_404(roots, start_engine, monkeypatch) -> None:

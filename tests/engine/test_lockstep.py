@@ -40,7 +40,7 @@ class Loopback:
         self.messages.append(list(ops))
         for op in ops:
             if isinstance(op, lockstep.FORWARDS):
-                _same(self.runner._batch, self.follower.slots["batch"])
+                _same(self.runner.batch, self.follower.slots["batch"])
                 assert self.follower.slots["fresh"] is None
                 self.forwards += 1
             self.follower.apply(op)
@@ -107,7 +107,7 @@ def test_a_follower_keeps_the_same_cache_as_rank_0(tiny: loader.LoadedModel,
         assert r.stream.closed.is_set()
         collect(r, timeout=1)  # each ended (a broken distribution fails alone, with a message)
     leader.flush()  # what is still noted goes with the next message (a heartbeat when idle)
-    _same(runner._batch, wire.follower.slots["batch"])
+    _same(runner.batch, wire.follower.slots["batch"])
     assert wire.forwards > 20
     kinds = {type(op).__name__ for ops in wire.messages for op in ops}
     assert {"Prefill", "Decode", "SetNext", "Filter", "Merge", "Accept"} <= kinds
