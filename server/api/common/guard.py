@@ -1,4 +1,5 @@
-"""App-level request guard: API keys, per-key rate limits and the drain gate, for every dialect.
+"""App-level admission: API keys (checked with server/api/common/api_keys.py), per-key rate limits
+and the drain gate, for every dialect.
 
 Installed once by `create_app`, it runs before any route, so dialects added later are covered
 without doing anything. Its errors go through `errors.render(request.blueprint, ...)`, so each
@@ -7,8 +8,6 @@ dialect answers in its own error shape. Paths in `OPEN_PATHS` (GET/HEAD only) sk
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 import time
@@ -17,6 +16,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
 
+from server.api.common.api_keys import key_id, match_key, presented_keys
 from server.api.common.errors import ApiError, render
 from server.config import Settings
 from server.engine.errors import EngineUnavailable
@@ -24,39 +24,6 @@ from server.engine.errors import EngineUnavailable
 log = logging.getLogger("inferbox.guard")
 
 OPEN_METHODS = ("GET", "HEAD")
-
-
-def presented_keys(headers: dict[str, str] | object) -> list[str]:
-    """Every candidate key in a request: `Authorization: Bearer <k>`, bare `Authorization: <k>`
-    (MosaicML), `x-api-key: <k>`. Both readings of the Authorization header are tried."""
-    out: list[str] = []
-    auth = (headers.get("Authorization") or "").strip()  # type: ignore[attr-defined]
-    if auth:
-        out.append(auth)
-        scheme, _, rest = auth.partition(" ")
-        if scheme.lower() == "bearer" and rest.strip():
-            out.append(rest.strip())
-    api_key = (headers.get("X-Api-Key") or "").strip()  # type: ignore[attr-defined]
-    if api_key:
-        out.append(api_key)
-    return out
-
-
-def match_key(candidates: list[str], keys: tuple[str, ...]) -> str | None:
-    """The configured key a candidate equals, compared in constant time against every key (no early
-    exit, so timing does not reveal which key or how much of it matched)."""
-    found: str | None = None
-    for cand in candidates:
-        c = cand.encode()
-        for key in keys:
-            if hmac.compare_digest(c, key.encode()) and found is None:
-                found = key
-    return found
-
-
-def key_id(key: str) -> str:
-    """A stable, non-secret name for a key: rate-limit buckets and logs never hold the key itself."""
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class Guard:

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from server.adapters import AdapterError
 from server.api.common import adapters, engine_calls
+from server.api.common.api_keys import match_key, presented_keys
 from server.api.common.dialect import Dialect, current_engine
 from server.api.common.errors import ApiError
-from server.api.common.guard import match_key, presented_keys
 from server.api.openai import routes as openai
 
 dialect = Dialect("admin", openai.dialect.error_body, invalid=openai.dialect.invalid, url_prefix="/v1")

@@ -8,7 +8,7 @@ import pytest
 from flask import Blueprint, Response, jsonify
 
 from server.api.common import errors
-from server.api.common.guard import key_id, match_key, presented_keys
+from server.api.common.api_keys import key_id, match_key, presented_keys
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
 from server.engine.engine import Engine
