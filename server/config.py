@@ -32,7 +32,8 @@ QUANTIZATIONS = ("none", "int8", "int4", "fp8")  # server/model/quantize.py serv
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server reads from its environment. See the README's table."""
+    """Everything the server reads from its environment (docs/reference/configuration.md, generated
+    from ENV_VARS below)."""
 
     model_path: str = DEFAULT_MODEL_PATH
     preset: str | None = None
@@ -41,7 +42,7 @@ class Settings:
     quantization: str = "none"
     quantization_skip: tuple[str, ...] = ()  # module names kept in full precision (besides lm_head)
     device_map: str = "auto"
-    tensor_parallel: int = 1  # ranks one model is split across (README: "Tensor parallelism")
+    tensor_parallel: int = 1  # ranks one model is split across (docs/guides/tensor-parallelism.md)
     tensor_parallel_timeout_s: float = 60.0  # the longest any collective may wait for another rank
     rank: int | None = None  # this process's rank (torchrun's RANK; None: no launcher set one); 0 serves HTTP
     local_rank: int = 0  # its GPU on this machine (LOCAL_RANK)
@@ -71,18 +72,18 @@ class Settings:
     cpu_linear: str = "auto"
     kernel_cache_dir: str = DEFAULT_KERNEL_CACHE_DIR  # CPU_LINEAR=auto's timed choice; "off": never cached
     log_level: str = "info"
-    # security and operations (README: "Security and operations")
+    # security and operations (docs/guides/security-operations.md)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     open_paths: tuple[str, ...] = ("/", "/health", "/metrics", "/openapi.json", "/info")
     metrics_require_key: bool = False
     rate_limit: str = ""
     rate_limit_storage_uri: str = "memory://"
     max_input_tokens: int = 0
-    # structured outputs (README: "Structured outputs and tool calls")
+    # structured outputs (docs/guides/structured-output.md)
     max_grammar_bytes: int = 65_536
     grammar_compile_timeout_s: float = 5.0
     drain_delay_s: float = 5.0
-    # model kinds (README: "Embeddings and model handlers"): chat (the generation engine),
+    # model kinds (docs/api/embeddings.md, docs/api/mosaicml.md): chat (the generation engine),
     # embedding (sentence-transformers) or a user's MosaicML-style handler class
     model_kind: str = "chat"
     model_handler: str | None = None
@@ -92,7 +93,7 @@ class Settings:
     embedding_dimensions: tuple[int, ...] = ()
     embed_packing: bool = True  # several inputs a row, no padding (server/kinds/packing.py)
     max_client_batch_size: int = 64
-    # LoRA adapters (README: "LoRA adapters"); server/adapters/ serves them
+    # LoRA adapters (docs/guides/adapters.md); server/adapters/ serves them
     adapters_dir: str = "/mnt/adapter"  # Kaito mounts each adapter at /mnt/adapter/<name>/
     # Kaito's strength of each adapter found in ADAPTERS_DIR: a variable named after it (default 1.0)
     adapter_strengths: dict[str, float] = field(default_factory=dict)
@@ -396,7 +397,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
-# what tensor parallelism does not serve, and why (README: "Tensor parallelism")
+# what tensor parallelism does not serve, and why (docs/guides/tensor-parallelism.md)
 TENSOR_PARALLEL_REFUSALS: dict[str, str] = {
     "quantization": "QUANTIZATION: quantized layers are not split by transformers' tp_plan; serve the "
                     "model unquantized across the ranks, or quantized on one GPU",

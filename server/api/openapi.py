@@ -253,7 +253,7 @@ def document() -> dict[str, Any]:
         "/v1/predict": predict,
         "/predict_stream": predict_stream,
         "/v1/predict_stream": predict_stream,
-        # embedding models only (400 on a chat model); README "Embeddings and model handlers"
+        # embedding models only (400 on a chat model); docs/api/embeddings.md
         "/v1/embeddings": post("OpenAI embeddings", "openai", ref(embeddings_protocol.EmbeddingRequest),
                                _json("vectors", out(embeddings_protocol.EmbeddingResponse)), oa_err),
         "/embed": post("text-embeddings-inference embed", "tei", ref(embeddings_protocol.EmbedRequest),

@@ -1,6 +1,6 @@
 """`CPU_LINEAR=auto`: choose the CPU linear kernel per row bucket by timing the running model.
 
-Which kernel wins depends on the machine (see the README's kernel tables), and a layer timed alone
+Which kernel wins depends on the machine (docs/benchmarks.md has the kernel tables), and a layer timed alone
 with its weight hot in cache favours `F.linear` where the model, whose weights stream from memory,
 does not. So at start-up the whole model takes decode steps as in serving: a batch of B rows, one
 new token each, over a KV cache of `CACHED_TOKENS` columns, with every eligible layer on oneDNN and

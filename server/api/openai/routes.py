@@ -1,6 +1,6 @@
 """OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/models` (translation only).
 
-Mappings (README "API dialects" has the table):
+Mappings (docs/api/openai.md has the table):
 - `n` choices are `n` engine requests submitted together; with `seed`, choice i samples with
   seed + i, so choices differ from each other and each is reproducible.
 - `stop` strings are cut from the returned text (as OpenAI does); `finish_reason` is "stop" for an

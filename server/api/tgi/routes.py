@@ -1,6 +1,6 @@
 """TGI / LoRAX API: `/generate`, `/generate_stream`, `POST /` (compat), `/info` (translation only).
 
-Mappings (README "API dialects" has the table):
+Mappings (docs/api/tgi-lorax.md has the table):
 - Sampling is on when `do_sample` is true or any of temperature/top_k/top_p/typical_p is set, as
   in TGI; a sampled request without `seed` gets a random one, reported in `details.seed`.
 - `best_of` = n sampled candidates (each its own seed); the one with the highest total logprob is
