@@ -24,7 +24,7 @@ from tests.support.servers import ROOT, ServerProcess, start_server
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = ROOT / "tests" / "handlers" / "fixtures"
+FIXTURES = ROOT / "tests" / "kinds" / "fixtures"
 EXAMPLE_YAML = ROOT / "examples" / "handlers" / "deployment.yaml"
 
 

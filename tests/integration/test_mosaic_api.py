@@ -72,7 +72,7 @@ def test_bad_input_is_400_with_error(base_url: str, body: dict, needle: str) -> 
         r = _predict(base_url, body, path)
         assert r.status_code == 400, r.text
         assert needle in r.json()["error"] and r.json()["code"] == 400
-        check(base_url, "server__api__mosaic_protocol__ErrorResponse", r.json())
+        check(base_url, "server__api__mosaic__protocol__ErrorResponse", r.json())
 
 
 def test_stream_takes_one_input(base_url: str) -> None:

@@ -158,7 +158,7 @@ def test_chat_bad_input_is_400_in_openai_shape(base_url: str, body: dict, param:
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
     if param:
         assert err["param"] is not None and err["param"].startswith(param.split(".")[0])
-    check(base_url, "server__api__openai_protocol__ErrorResponse", r.json())
+    check(base_url, "server__api__openai__protocol__ErrorResponse", r.json())
 
 
 def test_sdk_raises_bad_request(client: openai.OpenAI) -> None:

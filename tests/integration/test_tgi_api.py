@@ -160,7 +160,7 @@ def test_bad_parameters_get_tgi_errors(base_url: str, params: dict, status: int,
         assert r.status_code == status, r.text
         body = r.json()
         assert body["error_type"] == "validation" and needle in body["error"]
-        check(base_url, "server__api__tgi_protocol__ErrorResponse", body)
+        check(base_url, "server__api__tgi__protocol__ErrorResponse", body)
 
 
 def test_bad_bodies_and_streamed_best_of(base_url: str) -> None:
