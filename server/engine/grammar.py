@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ class Grammars:
     compiled grammars keyed by grammar text: the same schema compiles once."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: tuple[int, ...],
-                 limits: GrammarLimits | None = None) -> None:
+                 limits: GrammarLimits | None = None, matcher: Callable[..., Any] | None = None) -> None:
         self.limits = limits or GrammarLimits()
+        self._matcher = matcher or llguidance.LLMatcher  # what compiles a grammar (tests hold it back)
         self.vocab_size = max(vocab_size, len(tokenizer))
         self.eos_token_ids = eos_token_ids
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size,
@@ -137,7 +139,7 @@ class Grammars:
             if compiled is not None:
                 self._cache.move_to_end(grammar)
                 return Constraint(spec.kind, compiled)
-        future = self._pool.submit(llguidance.LLMatcher, self.tokenizer, grammar, log_level=0,
+        future = self._pool.submit(self._matcher, self.tokenizer, grammar, log_level=0,
                                    limits=self._parser_limits)
         try:
             compiled = future.result(timeout=self.limits.compile_timeout_s)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import jsonschema
+import llguidance
 import pytest
 import torch
 
@@ -170,10 +172,17 @@ def test_limits_and_cache(loaded):
     small.compile(ConstraintSpec("regex", "b+"))
     small.compile(ConstraintSpec("regex", "c+"))
     assert small.cached == 2  # least recently used dropped
+    held = threading.Event()  # a compile that cannot finish before the timeout: held until after it
+
+    def held_back(*args, **kwargs):
+        held.wait(10)
+        return llguidance.LLMatcher(*args, **kwargs)
+
     slow = Grammars(loaded.tokenizer, int(loaded.model.config.vocab_size), loaded.eos_token_ids,
-                    GrammarLimits(compile_timeout_s=1e-9))
+                    GrammarLimits(compile_timeout_s=0.05), matcher=held_back)
     with pytest.raises(InvalidConstraint, match="GRAMMAR_COMPILE_TIMEOUT_S"):
         slow.compile(ConstraintSpec("json_schema", PET))
+    held.set()
 
 
 def test_without_masks_a_constrained_request_fails_alone(loaded, grammars, make_loop):
