@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -110,3 +111,23 @@ def ttft_under_load(url: str, clients: int, probes: int, new_tokens: int) -> lis
         for f in futures:
             f.result()
         pool.shutdown()
+
+
+def closed_loop(clients: int, per_client: int, ask: Callable[[int], tuple[int, str]]) -> dict[str, Any]:
+    """`clients` closed-loop clients, `per_client` requests each; request i (the same i in every
+    arm of a check) is `ask(i)`, which returns its completion tokens and text. Tokens/s over the
+    whole wall time; the texts by request, for comparing arms."""
+    answers: dict[int, tuple[int, str]] = {}
+
+    def client(k: int) -> None:
+        for r in range(per_client):
+            i = k + r * clients
+            answers[i] = ask(i)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start
+    tokens = sum(n for n, _ in answers.values())
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "texts": {i: t for i, (_, t) in sorted(answers.items())}}

@@ -18,13 +18,13 @@ import argparse
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.client import closed_loop
 from tools.local_server import MODEL_DIR, ROOT, start_server
 
 TARGETS = {1: 1.8, 8: 0.95}
@@ -66,20 +66,7 @@ def ask(url: str, i: int, max_tokens: int) -> tuple[int, str]:
 
 def run_arm(url: str, clients: int, requests_per_client: int, max_tokens: int) -> dict[str, Any]:
     """`clients` closed-loop clients; request i is the same prompt in both arms."""
-    answers: dict[int, tuple[int, str]] = {}
-
-    def client(k: int) -> None:
-        for r in range(requests_per_client):
-            i = k + r * clients
-            answers[i] = ask(url, i, max_tokens)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - start
-    tokens = sum(n for n, _ in answers.values())
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "texts": {i: t for i, (_, t) in sorted(answers.items())}}
+    return closed_loop(clients, requests_per_client, lambda i: ask(url, i, max_tokens))
 
 
 def draft_counters(url: str) -> tuple[float, float]:

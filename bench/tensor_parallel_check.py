@@ -18,13 +18,13 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.client import closed_loop
 from tools.local_server import ROOT, start_server
 from tools.tiny_model import build
 
@@ -52,20 +52,7 @@ def ask(url: str, i: int, tokens: int) -> tuple[int, str]:
 
 
 def run_arm(url: str, clients: int, per_client: int, tokens: int) -> dict[str, Any]:
-    answers: dict[int, tuple[int, str]] = {}
-
-    def client(k: int) -> None:
-        for r in range(per_client):
-            i = k + r * clients
-            answers[i] = ask(url, i, tokens)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - start
-    total = sum(n for n, _ in answers.values())
-    return {"tokens": total, "wall_s": wall, "tokens_per_s": total / wall,
-            "texts": [t for _, (_, t) in sorted(answers.items())]}
+    return closed_loop(clients, per_client, lambda i: ask(url, i, tokens))
 
 
 def counters(url: str) -> dict[str, float]:
@@ -104,7 +91,7 @@ def check(log_dir: Path, model: Path, ranks: int, threads: int, levels: list[int
             after = counters(servers["split"].url)
             delta = {k: after[k] - before[k] for k in after}
             mismatches = sum(a != b for o, s in zip(runs["one"], runs["split"], strict=True)
-                             for a, b in zip(o["texts"], s["texts"], strict=True))
+                             for a, b in zip(o["texts"].values(), s["texts"].values(), strict=True))
             results.append({"clients": c, "runs": runs, "split_counters": delta, "mismatches": mismatches})
         return results
     finally:
