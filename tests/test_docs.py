@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from server.config import ENV_VARS, OTHER_VARS
+from server.env_vars import ENV_VARS, OTHER_VARS
 from tools.local_server import ROOT
 from tools.settings_doc import metrics_table, table
 

@@ -1,5 +1,5 @@
 """The configuration and metrics references, generated from the code's own definitions
-(`server/config.py`'s `ENV_VARS`, `OTHER_VARS` and `Settings` defaults, `server/kaito_flags.py`'s
+(`server/env_vars.py`'s `ENV_VARS` and `OTHER_VARS`, `Settings` defaults, `server/kaito_flags.py`'s
 flag names, the Prometheus registry), so the documentation cannot drift from the code. `make docs`
 renders them into the docs site (tools/mkdocs_hooks.py); `python -m tools.settings_doc` prints the
 configuration table."""
@@ -9,14 +9,8 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 from typing import Any
 
-from server.config import (
-    DEFAULT_KERNEL_CACHE_DIR,
-    DEFAULT_MODEL_PATH,
-    ENV_VARS,
-    OTHER_VARS,
-    REPO_ROOT,
-    Settings,
-)
+from server.config import DEFAULT_KERNEL_CACHE_DIR, DEFAULT_MODEL_PATH, REPO_ROOT, Settings
+from server.env_vars import ENV_VARS, OTHER_VARS
 from server.kaito_flags import PROCESS_COUNT_FLAG, QUANTIZATION_SWITCHES, SWITCHES, VALUE_FLAGS
 
 

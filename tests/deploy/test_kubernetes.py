@@ -15,7 +15,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import ValidationError as K8sValidationError
 
-from server.config import ENV_VARS, load_settings
+from server.config import load_settings
+from server.env_vars import ENV_VARS
 from server.kaito_flags import flags_to_env
 from server.presets import load_preset
 
