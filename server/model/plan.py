@@ -45,16 +45,30 @@ class GpuPlan:
 
 
 @dataclass
-class Plan:
+class ModelFacts:
+    """What every plan says of the model it places: preset, architecture, dtype and sizes."""
+
     preset: str
     model_type: str
     config_class: str
     dtype: str
     quantization: str
     parameters: int
-    weight_bytes: int
-    kv_bytes_per_token: int
+    weight_bytes: int  # the whole model, as on one GPU
     context_length: int
+
+    @staticmethod
+    def of(preset: Preset, model: Any, dtype: str, quantization: str, weight_bytes: int) -> dict[str, Any]:
+        """The fields, read from the preset and the empty model (keyword arguments for a plan)."""
+        return {"preset": preset.name, "model_type": preset.architecture.model_type,
+                "config_class": type(model.config).__name__, "dtype": dtype, "quantization": quantization,
+                "parameters": sum(t.numel() for t in model.parameters()), "weight_bytes": weight_bytes,
+                "context_length": preset.context_length}
+
+
+@dataclass
+class Plan(ModelFacts):
+    kv_bytes_per_token: int
     gpus: list[GpuPlan]
     device_map: dict[str, Any] = field(default_factory=dict)
     adapters: Any = None  # adapter_plan.AdapterPlan when --adapters was given
@@ -342,11 +356,9 @@ def plan(
 
     lora = place_adapters(model, per_gpu, layer_gpu, adapters, adapter_rank, adapter_targets)
     result = Plan(
-        preset=p.name, model_type=p.architecture.model_type, config_class=type(model.config).__name__,
-        dtype=dtype, quantization=quantization, parameters=sum(t.numel() for t in model.parameters()),
-        weight_bytes=total,
+        **ModelFacts.of(p, model, dtype, quantization, total),
         kv_bytes_per_token=kv_bytes_per_token(p.architecture, dtype, model),
-        context_length=p.context_length, gpus=per_gpu, device_map=dict(device_map), adapters=lora,
+        gpus=per_gpu, device_map=dict(device_map), adapters=lora,
     )
     want = min_tokens if min_tokens is not None else min(p.context_length, 2048)
     if result.tokens_fit < want:

@@ -25,6 +25,7 @@ from transformers.integrations.accelerate import compute_module_sizes
 
 from server.model.plan import (
     DTYPE_BYTES,
+    ModelFacts,
     PlanError,
     build_empty_model,
     config_kwargs,
@@ -67,18 +68,10 @@ class RankPlan:
 
 
 @dataclass
-class TensorParallelPlan:
-    preset: str
-    model_type: str
-    config_class: str
-    dtype: str
-    quantization: str
-    parameters: int
-    weight_bytes: int  # the whole model, as on one GPU
+class TensorParallelPlan(ModelFacts):
     kv_heads: int
     kv_heads_per_gpu: int
     kv_bytes_per_token_per_gpu: int
-    context_length: int
     ranks: list[RankPlan]
     working: list[int]  # the tensor-parallel sizes this preset allows
     tp_plan: dict[str, str]
@@ -227,12 +220,10 @@ def plan_tensor_parallel(
     kv_per_gpu = kv_heads_per_rank(model.config, n)
     a = p.architecture
     result = TensorParallelPlan(
-        preset=p.name, model_type=a.model_type, config_class=type(model.config).__name__, dtype=dtype,
-        quantization=quantization, parameters=sum(t.numel() for t in model.parameters()),
-        weight_bytes=whole + sum(split), kv_heads=a.num_key_value_heads, kv_heads_per_gpu=kv_per_gpu,
+        **ModelFacts.of(p, model, dtype, quantization, whole + sum(split)),
+        kv_heads=a.num_key_value_heads, kv_heads_per_gpu=kv_per_gpu,
         kv_bytes_per_token_per_gpu=2 * a.num_hidden_layers * kv_per_gpu * a.head_dim * DTYPE_BYTES[dtype],
-        context_length=p.context_length, ranks=ranks, working=working_sizes(config),
-        tp_plan=dict(model.tp_plan),
+        ranks=ranks, working=working_sizes(config), tp_plan=dict(model.tp_plan),
     )
     short = [r for r in ranks if r.weights + r.reserve > r.capacity]
     if short:
