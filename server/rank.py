@@ -27,10 +27,8 @@ def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: log.info("signal %d: waiting for rank 0 to stop", signum))
     s = settings
-    rank = s.rank or 0
     try:
-        group = ranks.join(s.tensor_parallel, rank, s.local_rank, s.local_world_size or s.tensor_parallel,
-                           s.tensor_parallel_timeout_s, s.torch_threads)
+        group = ranks.join(s)
         loaded = loader.load(settings, group)
         log.info("rank %d of %d (pid %d): model loaded; following rank 0", s.rank, s.tensor_parallel,
                  os.getpid())

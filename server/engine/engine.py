@@ -55,9 +55,7 @@ class Engine(ModelHost):
         s = self.settings
         group = ranks.SINGLE
         if s.tensor_parallel > 1:
-            group = ranks.join(s.tensor_parallel, s.rank or 0, s.local_rank,
-                               s.local_world_size or s.tensor_parallel, s.tensor_parallel_timeout_s,
-                               s.torch_threads)
+            group = ranks.join(s)
             self.leader = Leader(Channel(group.control, on_send=metrics.BROADCAST_SECONDS.observe))
         loaded = loader.load(self.settings, group)
         defaults = {k: v for k, v in loaded.model.generation_config.to_diff_dict().items()

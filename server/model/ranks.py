@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from server.config import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -56,14 +58,16 @@ def cpu_threads_per_rank(local_world: int) -> int:
     return max(1, cores // max(1, local_world))
 
 
-def join(world: int, rank: int, local_rank: int, local_world: int, timeout_s: float,
-         torch_threads: int) -> Ranks:
-    """Join the process group (blocks until every rank has joined, at most `timeout_s`)."""
+def join(s: Settings) -> Ranks:
+    """Join the process group as this process's rank (blocks until every rank has joined, at most
+    TENSOR_PARALLEL_TIMEOUT_S)."""
+    world, rank, local_rank = s.tensor_parallel, s.rank or 0, s.local_rank
+    local_world, timeout_s = s.local_world_size or world, s.tensor_parallel_timeout_s
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(local_rank)
-    elif torch_threads <= 0:
+    elif s.torch_threads <= 0:
         torch.set_num_threads(cpu_threads_per_rank(local_world))
     timeout = timedelta(seconds=timeout_s)
     if not dist.is_initialized():
