@@ -240,7 +240,7 @@ def build_loop(loaded: loader.LoadedModel, s: Settings, grammars: Grammars | Non
                           max_prefill_tokens=s.max_prefill_tokens, max_queued=s.max_queued_requests,
                           prefix_min_tokens=s.prefix_cache_min_tokens)
     policy = Policy(limits, batching=batching,
-                    stop_checker=lambda params: StopChecker(loaded.tokenizer, params.stop),
+                    text_checker=lambda r: StopChecker(loaded.tokenizer, r.params.stop, r.text_options),
                     on_path=lambda path: metrics.ENGINE_PATH.labels(path=path).inc())
     heartbeat = (leader.flush, s.tensor_parallel_timeout_s / 4) if leader is not None else (None, None)
     return EngineLoop(policy, runner, window_s=s.batch_window_ms / 1000.0, on_step=metrics.record_step,

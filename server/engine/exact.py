@@ -5,9 +5,10 @@ Options a batched decode step cannot reproduce (beam search, constrained decodin
 `generate_kwargs` surface never shrinks. The policy routes and groups the requests (`needs_exact`,
 `exact_key`); the model runner calls `generate_exact` as one step of the engine loop.
 
-Tokens are streamed per step through a stopping criterion. Whether a row ends is the policy's
-decision, the same as on the batched path (`EndRules`, handed in with the step: EOS, length, stop
-strings matched on incrementally decoded text, cancellation, deadlines); this lane only asks. When
+Tokens are streamed per step through a stopping criterion, with the text each releases (the
+policy's checker per row, as on the batched path). Whether a row ends is the policy's decision, the
+same as on the batched path (`EndRules`, handed in with the step: EOS, length, stop strings matched
+on that text, cancellation, deadlines); this lane only asks. When
 logprobs are wanted, a row's finish event waits until its logprobs (read from `generate`'s logits
 at the end) are pushed, so that a stream never ends before them.
 
@@ -28,7 +29,7 @@ from server.engine.constraint_mask import ConstraintProcessor, MaskApplier
 from server.engine.lockstep import Exact, Leader
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.step import EndRules
-from server.engine.stops import StopChecker, text_of
+from server.engine.stops import StopChecker
 from server.model.loader import LoadedModel
 
 
@@ -49,7 +50,7 @@ class _ExactRow:
         if self.reason is None:
             self.reason = reason
             if not self.defer_end:
-                self.rules.end(self.request, self.index, reason)
+                self.rules.end(self.request, self.index, reason, self.checker)
 
 
 class _StreamingCriteria(StoppingCriteria):
@@ -75,9 +76,7 @@ class _StreamingCriteria(StoppingCriteria):
             if row.reason is None:
                 token = int(last[i])
                 row.generated.append(token)
-                req.stream.push(row.index, [token])
-                if row.checker is not None:
-                    row.checker.add([token])
+                req.stream.push(row.index, [token], text=row.checker.add([token]) if row.checker else "")
                 reason = self.rules.judge(req, len(row.generated), token, row.checker)
                 if reason is not None:
                     row.end(reason)
@@ -106,8 +105,7 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest], r
     config = GenerationConfig(**settings)
     # Per-step streaming only where each row of generate's input is one output sequence.
     stream = int(config.num_beams or 1) == 1
-    rows = [_ExactRow(r, j, StopChecker(loaded.tokenizer, params.stop) if params.stop and stream else None,
-                      rules, defer_end=params.logprobs)
+    rows = [_ExactRow(r, j, rules.checker(r), rules, defer_end=params.logprobs)
             for r in requests for j in range(n)]
     processors = LogitsProcessorList()
     if any(r.constraint is not None for r in requests):
@@ -139,18 +137,18 @@ def generate_exact(loaded: LoadedModel, requests: Sequence[GenerationRequest], r
         else:
             tokens = _trim(sequences[i], params.eos_token_ids, pad)
             row.generated = tokens
-            row.request.stream.push(row.index, tokens)
+            row.request.stream.push(row.index, tokens, text=row.checker.add(tokens) if row.checker else "")
         if logits is not None and tokens:
             lp, top = _logprobs(logits, i, tokens, params.top_logprobs)
             row.request.stream.push(row.index, [], lp, top)
         if row.reason is None:  # generate ended the row itself (its own EOS or length check)
             hit_eos = bool(tokens) and tokens[-1] in params.eos_token_ids
             reason: FinishReason = "eos" if hit_eos else "length"
-            if not stream and params.stop and text_of(loaded.tokenizer, tokens, params.stop)[1]:
+            if row.checker is not None and row.checker.stopped:  # beams: matched after generate
                 reason = "stop"
             row.end(reason)
         if row.defer_end:  # the logprobs are out: now the finish event
-            rules.end(row.request, row.index, row.reason or "length")
+            rules.end(row.request, row.index, row.reason or "length", row.checker)
 
 
 def _trim(tokens: list[int], eos: tuple[int, ...], pad: int) -> list[int]:

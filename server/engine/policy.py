@@ -2,7 +2,9 @@
 
 No torch, no thread, no clock of its own (it is given one): `schedule()` hands back a `Step`
 (plain data), the model runner executes it, and `update(step, output)` takes back the sampled
-tokens, streams them and decides which sequences end. Its decisions, in order:
+tokens, streams them with the text they release (each sequence's `StopChecker`: text is decoded
+once, here, and stop strings are matched on it) and decides which sequences end. Its decisions, in
+order:
 - sequences whose client cancelled or whose deadline passed end before a step is spent on them;
 - requests the batched step cannot reproduce exactly go to the exact lane (`needs_exact`), where
   requests with equal parameters share one `generate` call;
@@ -99,12 +101,12 @@ class PolicyLimits:
 
 class Policy:
     def __init__(self, limits: PolicyLimits | None = None, *, batching: bool = True,
-                 stop_checker: Callable[[GenerationParams], StopChecker] | None = None,
+                 text_checker: Callable[[GenerationRequest], StopChecker] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_path: Callable[[str], None] | None = None) -> None:
         self.limits = limits or PolicyLimits()
         self.batching = batching  # False: the model's cache surgery is not proven; all go exact
-        self._stop_checker = stop_checker
+        self._text_checker = text_checker  # None: no tokenizer (tests of tokens alone), no text
         self._clock = clock
         self._on_path = on_path  # metrics hook: which path a request took ("batched" or "exact")
         self.waiting: deque[GenerationRequest] = deque()
@@ -116,7 +118,7 @@ class Policy:
         self._prefixes: OrderedDict[PrefixKey, None] = OrderedDict()
         self._last_prompt: list[int] | None = None
         self.stats = PolicyStats()
-        self._rules = EndRules(self.judge, self.gone, self.end)  # handed to the exact lane
+        self._rules = EndRules(self.checker, self.judge, self.gone, self.end)  # handed to the exact lane
 
     # what the engine loop and the metrics read
     @property
@@ -175,10 +177,9 @@ class Policy:
             if seq.finish is not None or id(seq.request) in failed:
                 continue
             seq.generated.append(s.token)
+            text = seq.checker.add([s.token]) if seq.checker is not None else ""
             seq.request.stream.push(seq.index, [s.token], None if s.logprob is None else [s.logprob],
-                                    None if s.top_logprobs is None else [s.top_logprobs])
-            if seq.checker is not None:
-                seq.checker.add([s.token])
+                                    None if s.top_logprobs is None else [s.top_logprobs], text)
             reason = self.judge(seq.request, len(seq.generated), s.token, seq.checker)
             if reason is not None:
                 self._end(seq, reason)
@@ -203,6 +204,10 @@ class Policy:
         self._exact_in_flight = 0
 
     # decisions (both lanes: the exact lane is handed them as `Step.rules`)
+    def checker(self, request: GenerationRequest) -> StopChecker | None:
+        """The text of one of the request's sequences, with its stop strings (None without a tokenizer)."""
+        return None if self._text_checker is None else self._text_checker(request)
+
     def judge(self, request: GenerationRequest, generated: int, token: int,
               checker: StopChecker | None) -> FinishReason | None:
         """Whether a sequence ends after its `generated`-th token."""
@@ -217,13 +222,15 @@ class Policy:
         return None
 
     @staticmethod
-    def end(request: GenerationRequest, index: int, reason: FinishReason) -> None:
-        request.stream.finish(index, reason)
+    def end(request: GenerationRequest, index: int, reason: FinishReason,
+            checker: StopChecker | None) -> None:
+        """End a sequence: its finish event carries the text its checker still held back."""
+        request.stream.finish(index, reason, checker.flush() if checker is not None else "")
 
     def _end(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.finish is None:
             seq.finish = reason
-            seq.request.stream.finish(seq.index, reason)
+            self.end(seq.request, seq.index, reason, seq.checker)
             self._leaving.append(seq)
 
     def _reap(self) -> None:
@@ -239,7 +246,7 @@ class Policy:
         if reason is None:
             return False
         for i in range(req.params.num_return_sequences):
-            self.end(req, i, reason)
+            self.end(req, i, reason, None)
         return True
 
     def _path(self, path: str) -> None:
@@ -307,7 +314,7 @@ class Policy:
         return group
 
     def _prefill_plan(self, drop: list[Sequence], group: list[GenerationRequest]) -> Step:
-        rows = [Sequence(req, j, self._checker(req.params))
+        rows = [Sequence(req, j, self.checker(req))
                 for req in group for j in range(req.params.num_return_sequences)]
         prefix = self._shared_prefix(group)
         self.stats.prefills += 1
@@ -321,11 +328,6 @@ class Policy:
         st.peak_rows = max(st.peak_rows, len(self.running))
         st.peak_tokens = max(st.peak_tokens, len(self.running) * max(s.tokens for s in self.running))
         return Step("decode", drop, rows=list(self.running))
-
-    def _checker(self, params: GenerationParams) -> StopChecker | None:
-        if not params.stop or self._stop_checker is None:
-            return None
-        return self._stop_checker(params)
 
     def _shared_prefix(self, group: list[GenerationRequest]) -> tuple[int, ...] | None:
         """A kept prefix that starts every prompt of the group, or a new one when the group's

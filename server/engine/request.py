@@ -86,18 +86,31 @@ class GenerationParams:
         return kw
 
 
+@dataclass(frozen=True)
+class TextOptions:
+    """How the engine turns a sequence's tokens into the client's text, decoded once on its thread:
+    the tokenizer's `decode` options, and whether a stop string is cut from the text (`strip_stop`)
+    or left at its end, as transformers' `stop_strings` leave it (Kaito, TGI)."""
+
+    skip_special_tokens: bool = True
+    clean_up_tokenization_spaces: bool = False
+    strip_stop: bool = True
+
+
 @dataclass
 class TokenEvent:
     index: int  # which returned sequence (0 unless num_return_sequences > 1)
     token_ids: list[int]
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    text: str = ""  # the text these tokens release (some may be held back: a possible stop string)
 
 
 @dataclass
 class FinishEvent:
     index: int
     reason: FinishReason
+    text: str = ""  # the sequence's last text, held back until its end
 
 
 Event = TokenEvent | FinishEvent
@@ -118,13 +131,13 @@ class TokenStream:
 
     # producer side (the engine loop's thread)
     def push(self, index: int, token_ids: list[int], logprobs: list[float] | None = None,
-             top_logprobs: list[list[tuple[int, float]]] | None = None) -> None:
+             top_logprobs: list[list[tuple[int, float]]] | None = None, text: str = "") -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        self._queue.put(TokenEvent(index, list(token_ids), logprobs, top_logprobs))
+        self._queue.put(TokenEvent(index, list(token_ids), logprobs, top_logprobs, text))
 
-    def finish(self, index: int, reason: FinishReason) -> None:
-        self._queue.put(FinishEvent(index, reason))
+    def finish(self, index: int, reason: FinishReason, text: str = "") -> None:
+        self._queue.put(FinishEvent(index, reason, text))
         self._open -= 1
         if self._open <= 0:
             self._close()
@@ -194,6 +207,7 @@ class GenerationRequest:
     adapter: AdapterRef | None = None  # set by the API module; None = DEFAULT_ADAPTER
     deadline: float | None = None  # time.monotonic() after which generation stops ("timeout")
     constraint: Constraint | None = None  # what the output must match (compiled: engine/grammar.py)
+    text_options: TextOptions = field(default_factory=TextOptions)  # how the engine decodes the output
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     arrival: float = field(default_factory=time.monotonic)
     stream: TokenStream = field(init=False)
@@ -211,6 +225,7 @@ class GenerationRequest:
 @dataclass
 class SequenceResult:
     token_ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded by the engine (the request's TextOptions)
     finish_reason: FinishReason | None = None
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -226,6 +241,7 @@ def collect(request: GenerationRequest, timeout: float | None = None) -> list[Se
         raise EngineTimeout("request timed out waiting for the engine")
     for event in request.stream.events(timeout=1.0):
         seq = results[event.index]
+        seq.text += event.text
         if isinstance(event, TokenEvent):
             seq.token_ids.extend(event.token_ids)
             if event.logprobs is not None:

@@ -25,7 +25,7 @@ class Sequence:
 
     request: GenerationRequest
     index: int
-    checker: StopChecker | None = None  # only when the request has stop strings
+    checker: StopChecker | None = None  # its text and stop strings (None only without a tokenizer)
     generated: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
 
@@ -43,12 +43,14 @@ class Sequence:
 @dataclass(frozen=True)
 class EndRules:
     """The policy's decisions, handed to the exact lane, whose `generate` call runs many tokens in one
-    step: whether a sequence ends after a token (`judge`: EOS, length, stop strings, cancellation,
-    deadline), whether a whole call has been given up (`gone`), and ending a sequence (`end`)."""
+    step: the text of a sequence (`checker`), whether it ends after a token (`judge`: EOS, length,
+    stop strings, cancellation, deadline), whether a whole call has been given up (`gone`), and
+    ending a sequence with the text its checker held back (`end`)."""
 
+    checker: Callable[[GenerationRequest], StopChecker | None]
     judge: Callable[[GenerationRequest, int, int, StopChecker | None], FinishReason | None]
     gone: Callable[[GenerationRequest], FinishReason | None]
-    end: Callable[[GenerationRequest, int, FinishReason], None]
+    end: Callable[[GenerationRequest, int, FinishReason, StopChecker | None], None]
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The stop checker: the one place that turns a sequence's tokens into text and finds stop strings.
 
-The batched path, the exact lane, streaming and the final text all use `StopChecker`, so a stop
-string is matched the same way everywhere: on incrementally decoded text (never token by token,
-which drops the leading space of a SentencePiece token and splits multi-byte characters), and
-across token boundaries. For streaming it also owns the hold-back window: text that could be the
-start of a stop string is released only once it is known not to be.
+The engine keeps one per sequence, on both lanes, and sends the text it releases with the tokens:
+text is decoded once, with the request's `TextOptions`, and the API only renders it. Stop strings
+are matched on that incrementally decoded text (never token by token, which drops the leading
+space of a SentencePiece token and splits multi-byte characters), and across token boundaries.
+When the stop string is cut from the text, it also owns the hold-back window: text that could be
+the start of a stop string is released only once it is known not to be.
 """
 
 from __future__ import annotations
@@ -12,32 +13,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from server.engine.detokenize import IncrementalDetokenizer
-from server.engine.request import FinishReason, GenerationParams
+from server.engine.request import FinishReason, GenerationParams, TextOptions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
 class StopChecker:
-    """Incremental text of one sequence, cut at the first of `stops`.
+    """Incremental text of one sequence, ended at the first of `stops`.
 
     `add` returns the text that may be released now; `flush` the rest at the end of the sequence.
-    Once `stopped`, the text ends before the stop string and further tokens add nothing.
+    Once `stopped`, further tokens add nothing, and the text ends before the stop string, or, when
+    `options.strip_stop` is off, with everything decoded up to the token that completed it.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase | Any, stops: tuple[str, ...] = (),
-                 skip_special_tokens: bool = True, clean_up_tokenization_spaces: bool = False) -> None:
-        self.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens, clean_up_tokenization_spaces)
+                 options: TextOptions = TextOptions()) -> None:
+        self.detok = IncrementalDetokenizer(tokenizer, options.skip_special_tokens,
+                                            options.clean_up_tokenization_spaces)
         self.stops = tuple(stops)
-        # the longest text that could be an unfinished stop string: held back while streaming
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.cut = options.strip_stop
+        # the longest text that could be an unfinished stop string: searched again as text grows,
+        # and held back while the stop string is to be cut
+        self.span = max((len(s) for s in self.stops), default=1) - 1
+        self.hold = self.span if self.cut else 0
         self.stopped = False
         self.released = 0  # characters of detok.text handed out
-        self._searched = 0  # detok.text before this index holds no stop string start... up to `hold`
+        self._searched = 0  # detok.text before this index was searched (a match may start `span` back)
 
     @property
     def text(self) -> str:
-        """The text so far, up to the stop string when one was found."""
+        """The text so far, up to the stop string when one was found (and is cut)."""
         return self.detok.text[:self.released] if self.stopped else self.detok.text
 
     def add(self, token_ids: list[int]) -> str:
@@ -49,17 +55,17 @@ class StopChecker:
 
     def flush(self) -> str:
         """End of the sequence: release whatever was held back (still cut at a stop string)."""
-        if self.stopped:
+        if self.stopped and self.cut:
             return ""
         self.detok.flush()
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
         text = self.detok.text
-        cut = self._find(text) if self.stops else -1
+        cut = self._find(text) if self.stops and not self.stopped else -1
         if cut != -1:
             self.stopped = True
-            end = cut
+            end = cut if self.cut else len(text)
         elif final or not self.stops:
             end = len(text)
         else:
@@ -69,8 +75,8 @@ class StopChecker:
         return delta
 
     def _find(self, text: str) -> int:
-        """Earliest stop string in the text not yet searched (a match may start `hold` chars back)."""
-        start = max(0, self._searched - self.hold)
+        """Earliest stop string in the text not yet searched (a match may start `span` chars back)."""
+        start = max(0, self._searched - self.span)
         self._searched = len(text)
         best = -1
         for stop in self.stops:
@@ -78,15 +84,6 @@ class StopChecker:
             if i != -1 and (best == -1 or i < best):
                 best = i
         return best
-
-
-def text_of(tokenizer: PreTrainedTokenizerBase | Any, token_ids: list[int], stops: tuple[str, ...] = (),
-            skip_special_tokens: bool = True,
-            clean_up_tokenization_spaces: bool = False) -> tuple[str, bool]:
-    """The final text of a finished sequence, cut at the first stop string, and whether one was found."""
-    checker = StopChecker(tokenizer, stops, skip_special_tokens, clean_up_tokenization_spaces)
-    text = checker.add(token_ids) + checker.flush()
-    return text, checker.stopped
 
 
 def finish_reason(params: GenerationParams, generated: int, token: int,

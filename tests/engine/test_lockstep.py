@@ -79,7 +79,7 @@ def test_a_follower_keeps_the_same_cache_as_rank_0(tiny: loader.LoadedModel,
     runner = ModelRunner(tiny, leader=leader)
     wire.runner, wire.follower = runner, Follower(tiny, wire)  # type: ignore[arg-type]
     policy = Policy(PolicyLimits(max_batch_size=8, prefix_min_tokens=4), batching=True,
-                    stop_checker=lambda p: StopChecker(tiny.tokenizer, p.stop))
+                    text_checker=lambda r: StopChecker(tiny.tokenizer, r.params.stop, r.text_options))
     loop = EngineLoop(policy, runner, window_s=0)
     system = list(range(100, 120))  # a shared prefix
     # a random model rarely repeats its prompt, so the drafting row proposes fixed drafts: most are

@@ -36,7 +36,8 @@ class Clock:
 
 def make_policy(clock: Clock | None = None, **limits) -> tuple[Policy, list[str]]:
     paths: list[str] = []
-    policy = Policy(PolicyLimits(**limits), stop_checker=lambda p: StopChecker(CharTokenizer(), p.stop),
+    policy = Policy(PolicyLimits(**limits),
+                    text_checker=lambda r: StopChecker(CharTokenizer(), r.params.stop, r.text_options),
                     clock=clock or Clock(), on_path=paths.append)
     return policy, paths
 
@@ -362,5 +363,5 @@ def test_the_exact_lane_ends_sequences_by_the_policys_rules() -> None:
     assert rules.judge(late, 1, ord("a"), None) == "timeout" and rules.gone(late) == "timeout"
     beams.stream.cancel()
     assert rules.gone(beams) == "cancelled"
-    rules.end(late, 0, "timeout")
+    rules.end(late, 0, "timeout", None)
     assert [type(e) for e in late.stream.events(timeout=1)] == [FinishEvent]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.request import GenerationParams
-from server.engine.stops import StopChecker, finish_reason, text_of
+from server.engine.request import GenerationParams, TextOptions
+from server.engine.stops import StopChecker, finish_reason
 from tests.support.sentencepiece_like import build
 
 
@@ -18,6 +18,11 @@ class Chars:
 
 def ids(text: str) -> list[int]:
     return [ord(c) for c in text]
+
+
+def text_of(tokens: list[int], stops: tuple[str, ...]) -> tuple[str, bool]:
+    checker = StopChecker(Chars(), stops)
+    return checker.add(tokens) + checker.flush(), checker.stopped
 
 
 def test_streaming_holds_back_a_possible_stop_string_and_cuts_at_it() -> None:
@@ -38,9 +43,20 @@ def test_held_back_text_is_released_when_it_is_not_a_stop_string() -> None:
 
 
 def test_the_earliest_of_several_stop_strings_wins() -> None:
-    assert text_of(Chars(), ids("abc END x STOP"), ("STOP", "END")) == ("abc ", True)
-    assert text_of(Chars(), ids("abc"), ("x",)) == ("abc", False)
-    assert text_of(Chars(), ids("abc"), ()) == ("abc", False)
+    assert text_of(ids("abc END x STOP"), ("STOP", "END")) == ("abc ", True)
+    assert text_of(ids("abc"), ("x",)) == ("abc", False)
+    assert text_of(ids("abc"), ()) == ("abc", False)
+
+
+def test_a_kept_stop_string_ends_the_text_and_nothing_is_held_back() -> None:
+    """Kaito and TGI (`strip_stop` off): the text ends with what the token that completed the stop
+    string decoded to, and every token's text is released at once."""
+    checker = StopChecker(Chars(), ("END",), TextOptions(strip_stop=False))
+    released = [checker.add([t]) for t in ids("abcEN")]
+    assert released == list("abcEN")  # nothing held back
+    assert checker.add(ids("Dx")) == "Dx" and checker.stopped  # the stop string's token, whole
+    assert checker.add(ids("more")) == "" and checker.flush() == ""
+    assert checker.text == "abcENDx"
 
 
 def test_a_stop_string_split_over_many_tokens_is_found() -> None:

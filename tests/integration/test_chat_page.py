@@ -18,11 +18,11 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.support.servers import MODEL_DIR, ROOT, ServerProcess, start_server
+from tests.support.servers import API_KEY, ROOT, ServerProcess
 
 pytestmark = pytest.mark.integration
 
-KEY = "page-test-key"
+KEY = API_KEY
 WAIT_MS = 240_000  # a reply on a loaded 2-core machine
 DIALOGS: list[str] = []  # alert()/confirm() the page opened: markup that ran as script
 
@@ -46,12 +46,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    if not (MODEL_DIR / "config.json").is_file():
-        pytest.fail("run `make model`")
-    srv = start_server(tmp_path_factory.mktemp("page"), {"API_KEYS": KEY})
-    yield srv
-    srv.stop()
+def keyed(keyed_server: ServerProcess) -> ServerProcess:
+    return keyed_server
 
 
 @pytest.fixture(scope="module")

@@ -13,33 +13,20 @@ import psutil
 import pytest
 import requests
 
-from tests.support.servers import MODEL_DIR, ServerProcess, start_server
+from tests.support.servers import API_KEY, KEYED_LIMITS, ServerProcess
 
 pytestmark = pytest.mark.integration
 
-KEY = "hardening-key-" + uuid.uuid4().hex[:8]
+KEY = API_KEY
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MARKER = "zqxmarker" + uuid.uuid4().hex[:12]
-QUEUE = 8
-BATCH = 4
+QUEUE = KEYED_LIMITS["MAX_QUEUED_REQUESTS"]
+BATCH = KEYED_LIMITS["MAX_BATCH_SIZE"]
 
 
 @pytest.fixture(scope="module")
-def hard(tmp_path_factory: pytest.TempPathFactory):
-    if not (MODEL_DIR / "config.json").is_file():
-        pytest.fail("run `make model`")
-    srv = start_server(tmp_path_factory.mktemp("hardening"), {
-        "API_KEYS": f"{KEY},second-key",
-        "MAX_QUEUED_REQUESTS": str(QUEUE),
-        "MAX_BATCH_SIZE": str(BATCH),
-        "MAX_INPUT_TOKENS": "200",
-        "MAX_BODY_BYTES": "8192",
-        "REQUEST_TIMEOUT_S": "120",
-        "LOG_LEVEL": "debug",
-        "TRANSFORMERS_VERBOSITY": "debug",
-    })
-    yield srv
-    srv.stop()
+def hard(keyed_server: ServerProcess) -> ServerProcess:
+    return keyed_server
 
 
 # Every generation endpoint of every dialect with a minimal valid body. Dialects not merged into

@@ -22,7 +22,7 @@ def build_loop(loaded: loader.LoadedModel, window_s: float = 0.005, batching: bo
     if batching is None:
         batching = runner.supports_batching()[0]
     policy = Policy(PolicyLimits(**limits), batching=batching, on_path=paths.append,
-                    stop_checker=lambda p: StopChecker(loaded.tokenizer, p.stop))
+                    text_checker=lambda r: StopChecker(loaded.tokenizer, r.params.stop, r.text_options))
     loop = EngineLoop(policy, runner, window_s=window_s)
     loop.paths = paths  # type: ignore[attr-defined]
     return loop

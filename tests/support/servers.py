@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from tools import local_server
 from tools.local_server import MODEL_DIR, ROOT, ServerProcess, free_port
 
-__all__ = ["MODEL_DIR", "ROOT", "ServerProcess", "free_port", "start_server"]
+__all__ = ["API_KEY", "KEYED_LIMITS", "MODEL_DIR", "ROOT", "ServerProcess", "free_port", "start_server"]
+
+# The keyed server (tests/integration/conftest.py `keyed_server`), shared by the modules that test
+# keys, limits and the chat page: its first key, and its limits.
+API_KEY = "test-key-" + uuid.uuid4().hex[:8]
+KEYED_LIMITS = {"MAX_QUEUED_REQUESTS": 8, "MAX_BATCH_SIZE": 4, "MAX_INPUT_TOKENS": 200,
+                "MAX_BODY_BYTES": 8192}
 
 
 def start_server(tmp_dir: Path, extra_env: dict[str, str] | None = None,

@@ -1,7 +1,8 @@
 """How API modules hand a request to the engine and read its results, in one place.
 
 Translates engine conditions (queue full, not ready, failed generation) into `ApiError`s that each
-dialect renders in its own shape.
+dialect renders in its own shape. The text comes from the engine, decoded once with the request's
+`TextOptions` (stop strings cut or kept, as the dialect asked); the API modules only render it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from server.engine.request import (
     GenerationParams,
     GenerationRequest,
     SequenceResult,
+    TextOptions,
     TokenEvent,
     collect,
 )
-from server.engine.stops import StopChecker, text_of
 from server.observability import access_log, metrics
 
 
@@ -70,15 +71,18 @@ def make_params(engine: Engine, kwargs: dict[str, Any], prompt_tokens: int,
 
 
 def new_request(engine: Engine, input_ids: list[int], params: GenerationParams,
-                adapter: AdapterRef | None = None, constraint: Constraint | None = None) -> GenerationRequest:
+                adapter: AdapterRef | None = None, constraint: Constraint | None = None,
+                text_options: TextOptions = TextOptions()) -> GenerationRequest:
     """`adapter`: what the client named (server/api/common/adapters.py); None = DEFAULT_ADAPTER.
-    `constraint`: what the output must match, compiled on this thread (server/api/common/structured.py)."""
+    `constraint`: what the output must match, compiled on this thread (server/api/common/structured.py).
+    `text_options`: how the engine decodes the output (default: special tokens skipped, stop strings
+    cut from the text)."""
     deadline = time.monotonic() + engine.settings.request_timeout_s
     usage = access_log.usage()
     if usage is not None:
         usage.prompt_tokens += len(input_ids)
     return GenerationRequest(input_ids=input_ids, params=params, adapter=adapter, deadline=deadline,
-                             constraint=constraint)
+                             constraint=constraint, text_options=text_options)
 
 
 def _account(request: GenerationRequest, completion_tokens: int) -> None:
@@ -188,46 +192,28 @@ class TextDelta:
     finish_reason: FinishReason | None = None
 
 
-def stream_text(engine: Engine, request: GenerationRequest, skip_special_tokens: bool = True,
-                clean_up_tokenization_spaces: bool = False, strip_stop: bool = True) -> Iterator[TextDelta]:
+def stream_text(engine: Engine, request: GenerationRequest) -> Iterator[TextDelta]:
     """Submit now (overload errors raise here, before any response starts), then return an iterator
     of text deltas per sequence; the last delta of each carries finish_reason.
 
-    With `strip_stop`, stop strings are cut from the text (never sent), and text that could be the
-    start of a stop string is held back until it is known not to be; without it, the text ends with
-    the stop string, as transformers' `stop_strings` leave it. Cancels the request if the caller
-    goes away.
+    The text is the engine's (the request's `TextOptions`): with `strip_stop`, stop strings are cut
+    (never sent) and text that could start one is held back until it is known not to; without it,
+    the text ends with the stop string, as transformers' `stop_strings` leave it. Cancels the
+    request if the caller goes away.
     """
     submit(engine, request)
-    return _text_deltas(engine, request, skip_special_tokens, clean_up_tokenization_spaces, strip_stop)
+    return _text_deltas(engine, request)
 
 
-def _text_deltas(engine: Engine, request: GenerationRequest, skip_special_tokens: bool,
-                 clean_up_tokenization_spaces: bool, strip_stop: bool) -> Iterator[TextDelta]:
-    stops = request.params.stop if strip_stop else ()
-    seqs = [StopChecker(engine.tokenizer, stops, skip_special_tokens, clean_up_tokenization_spaces)
-            for _ in range(request.params.num_return_sequences)]
+def _text_deltas(engine: Engine, request: GenerationRequest) -> Iterator[TextDelta]:
     generated = 0
     try:
         for event in request.stream.events(timeout=_wait_limit(engine)):
-            seq = seqs[event.index]
             if isinstance(event, TokenEvent):
                 generated += len(event.token_ids)
-                if seq.stopped:
-                    continue
-                if not event.token_ids:  # logprobs only
-                    yield TextDelta(event.index, "", [], event.logprobs, event.top_logprobs)
-                    continue
-                delta = seq.add(event.token_ids)
-                yield TextDelta(event.index, delta, event.token_ids, event.logprobs, event.top_logprobs)
+                yield TextDelta(event.index, event.text, event.token_ids, event.logprobs, event.top_logprobs)
             elif isinstance(event, FinishEvent):
-                was_stopped = seq.stopped
-                tail = seq.flush()
-                if seq.stopped:
-                    reason = event.reason if was_stopped and event.reason == "cancelled" else "stop"
-                else:
-                    reason = event.reason
-                yield TextDelta(event.index, tail, [], finish_reason=reason)
+                yield TextDelta(event.index, event.text, [], finish_reason=event.reason)
     except StreamError as exc:
         raise _stream_error(exc) from None
     finally:
@@ -235,18 +221,13 @@ def _text_deltas(engine: Engine, request: GenerationRequest, skip_special_tokens
         _account(request, generated)
 
 
-def final_text(engine: Engine, result: SequenceResult, stops: tuple[str, ...],
-               skip_special_tokens: bool = True,
-               clean_up_tokenization_spaces: bool = False) -> tuple[str, str]:
-    """Decoded text of a finished sequence with any stop string cut off, and its finish reason."""
-    text, stopped = text_of(engine.tokenizer, result.token_ids, stops, skip_special_tokens,
-                            clean_up_tokenization_spaces)
-    return text, "stop" if stopped else (result.finish_reason or "length")
+def final_text(result: SequenceResult) -> tuple[str, FinishReason]:
+    """A finished sequence's text (the engine's, stop string cut where the request asked) and why it
+    ended."""
+    return result.text, result.finish_reason or "length"
 
 
-def stream_many(engine: Engine, requests: list[GenerationRequest], skip_special_tokens: bool = True,
-                clean_up_tokenization_spaces: bool = False,
-                strip_stop: bool = True) -> Iterator[tuple[int, TextDelta]]:
+def stream_many(engine: Engine, requests: list[GenerationRequest]) -> Iterator[tuple[int, TextDelta]]:
     """Submit every request now (errors raise here), then yield (request index, delta) as they come.
 
     One request is read on the calling thread; several are read by one pump thread each into a
@@ -259,23 +240,22 @@ def stream_many(engine: Engine, requests: list[GenerationRequest], skip_special_
         for r in requests:
             r.stream.cancel()
         raise
-    return _merge(engine, requests, skip_special_tokens, clean_up_tokenization_spaces, strip_stop)
+    return _merge(engine, requests)
 
 
-def _merge(engine: Engine, requests: list[GenerationRequest], skip_special: bool, cleanup: bool,
-           strip_stop: bool) -> Iterator[tuple[int, TextDelta]]:
+def _merge(engine: Engine, requests: list[GenerationRequest]) -> Iterator[tuple[int, TextDelta]]:
     import queue
     import threading
 
     if len(requests) == 1:
-        for d in _text_deltas(engine, requests[0], skip_special, cleanup, strip_stop):
+        for d in _text_deltas(engine, requests[0]):
             yield 0, d
         return
     items: queue.Queue[tuple[int, TextDelta | ApiError | None]] = queue.Queue()
 
     def pump(i: int, r: GenerationRequest) -> None:
         try:
-            for d in _text_deltas(engine, r, skip_special, cleanup, strip_stop):
+            for d in _text_deltas(engine, r):
                 items.put((i, d))
         except ApiError as exc:
             items.put((i, exc))

@@ -22,6 +22,7 @@ from server.api.common.errors import ApiError
 from server.api.common.streaming import sse, sse_response
 from server.api.kaito.protocol import KAITO_DEFAULTS, ChatRequest
 from server.engine.engine import Engine
+from server.engine.request import TextOptions
 from server.observability import metrics
 
 
@@ -103,23 +104,24 @@ def chat() -> Response:
         if keep > 0:
             input_ids = input_ids[-keep:]
     params = dialect.params(engine, kwargs, len(input_ids))
-    req = engine_calls.new_request(engine, input_ids, params, adapters.named(body.adapter), constraint)
+    # Kaito's pipeline leaves a stop string at the end of the text, as transformers' stop_strings do
+    text = TextOptions(clean_up_tokenization_spaces=body.clean_up_tokenization_spaces, strip_stop=False)
+    req = engine_calls.new_request(engine, input_ids, params, adapters.named(body.adapter), constraint, text)
     prefix_text = "" if chat_mode or not body.return_full_text else (body.prompt or "")
-    cleanup = body.clean_up_tokenization_spaces
 
     if body.stream:
-        return _stream(engine, req, prefix_text, cleanup)
+        return _stream(engine, req, prefix_text)
 
     results = engine_calls.run(engine, req)
-    texts = [prefix_text + engine.decode(r.token_ids, True, cleanup) for r in results]
+    texts = [prefix_text + r.text for r in results]
     metrics.record_tokens(len(input_ids), sum(len(r.token_ids) for r in results))
     return jsonify({"Result": "".join(texts)})
 
 
-def _stream(engine: Engine, req: Any, prefix_text: str, cleanup: bool) -> Response:
+def _stream(engine: Engine, req: Any, prefix_text: str) -> Response:
     """SSE: `data: {"index", "text"}` per chunk, then one event per sequence with
     `finish_reason`, `prompt_tokens` and `completion_tokens`; the stream ends with `data: [DONE]`."""
-    deltas = engine_calls.stream_text(engine, req, True, cleanup, strip_stop=False)
+    deltas = engine_calls.stream_text(engine, req)
     first = next(deltas, None)  # surface overload / not-ready errors as a status code, not an event
 
     def body() -> Iterator[str]:

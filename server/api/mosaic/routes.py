@@ -52,8 +52,7 @@ def _prepare(model: type[PredictRequest]) -> tuple[Engine, list[Any], PredictReq
 def predict() -> Response:
     engine, reqs, _ = _prepare(PredictRequest)
     results = engine_calls.run_many(engine, reqs)
-    outputs = [engine_calls.final_text(engine, res[0], r.params.stop)[0] for r, res in zip(reqs, results,
-                                                                                            strict=True)]
+    outputs = [res[0].text for res in results]
     metrics.record_tokens(sum(r.prompt_tokens for r in reqs), sum(len(res[0].token_ids) for res in results))
     return jsonify({"outputs": outputs})
 

@@ -110,7 +110,7 @@ def create_response() -> Response:
         return _stream(engine, req, reply, bool(tools))
 
     seq = engine_calls.run(engine, req)[0]
-    text, reason = engine_calls.final_text(engine, seq, req.params.stop)
+    text, reason = engine_calls.final_text(seq)
     status = items.status_of(reason)
     metrics.record_tokens(req.prompt_tokens, len(seq.token_ids))
     return jsonify(reply.snapshot(status, reply.output(text, status, bool(tools)),

@@ -222,7 +222,7 @@ def chat_completions() -> Response:
     completion_tokens = 0
     for i, (r, res) in enumerate(zip(reqs, results, strict=True)):
         seq = res[0]
-        text, reason = engine_calls.final_text(engine, seq, r.params.stop)
+        text, reason = engine_calls.final_text(seq)
         completion_tokens += len(seq.token_ids)
         logprobs = None
         if body.logprobs:
@@ -300,7 +300,7 @@ def completions() -> Response:
     completion_tokens = sum(len(res[0].token_ids) for res in results)
     for index, (r, seq) in enumerate(chosen):
         p = index // n
-        text, reason = engine_calls.final_text(engine, seq, r.params.stop)
+        text, reason = engine_calls.final_text(seq)
         logprobs = None
         if body.logprobs is not None:
             engine_calls.ensure_logprobs(engine, r, seq)

@@ -44,12 +44,13 @@ from server.api.tgi.protocol import (
     Parameters,
 )
 from server.engine.engine import Engine
-from server.engine.request import GenerationRequest, SequenceResult
+from server.engine.request import GenerationRequest, SequenceResult, TextOptions
 from server.observability import metrics
 
 VERSION = "2.4.1-inferbox"  # the TGI API version whose wire format this follows
 WATERMARK = {"greenlist_ratio": 0.5, "bias": 2.0}  # TGI's WATERMARK_GAMMA / WATERMARK_DELTA
 _FINISH = {"eos": "eos_token", "stop": "stop_sequence"}
+_TEXT = TextOptions(strip_stop=False)  # TGI's generated_text ends with the stop sequence
 
 
 def _error_type(exc: ApiError) -> tuple[int, str]:
@@ -174,7 +175,7 @@ class _Translation:
                 kw["seed"] = seed
             params = dialect.params(engine, kw, len(ids))
             self.requests.append(engine_calls.new_request(engine, ids, params, self.adapter,
-                                                          constraint=self.constraint))
+                                                          self.constraint, _TEXT))
             self.seeds.append(seed)
 
 
@@ -243,7 +244,7 @@ def _generate(engine: Engine, tr: _Translation) -> dict[str, Any]:
     prefix = tr.inputs if tr.p.return_full_text else ""
     seq = results[best]
     metrics.record_tokens(len(tr.input_ids), sum(len(r.token_ids) for r in results))
-    out: dict[str, Any] = {"generated_text": prefix + engine.decode(seq.token_ids)}
+    out: dict[str, Any] = {"generated_text": prefix + seq.text}
     if tr.p.details or tr.p.decoder_input_details:
         prefill = _prefill(engine, tr)
         details = _details(engine, tr, tr.requests[best], seq, tr.seeds[best], prefill)
@@ -252,7 +253,7 @@ def _generate(engine: Engine, tr: _Translation) -> dict[str, Any]:
             for j in order[1:]:
                 other = _details(engine, tr, tr.requests[j], results[j], tr.seeds[j], prefill)
                 other.pop("prompt_tokens")
-                other["generated_text"] = prefix + engine.decode(results[j].token_ids)
+                other["generated_text"] = prefix + results[j].text
                 details["best_of_sequences"].append(other)
         out["details"] = details
     return out
@@ -263,7 +264,7 @@ def _stream(engine: Engine, tr: _Translation) -> Response:
     if tr.best_of > 1:
         raise ApiError(422, "`best_of` != 1 is not supported when streaming")
     req, seed = tr.requests[0], tr.seeds[0]
-    deltas = engine_calls.stream_text(engine, req, strip_stop=False)
+    deltas = engine_calls.stream_text(engine, req)
     special = set(engine.tokenizer.all_special_ids)
     prefix = tr.inputs if tr.p.return_full_text else ""
     want_details = bool(tr.p.details)
