@@ -52,7 +52,9 @@ def start_server(log_dir: Path, extra_env: dict[str, str] | None = None, wait_he
                  timeout: float = 300) -> ServerProcess:
     """Launch the server with the embedded model (unless `extra_env` names another MODEL_PATH)."""
     port = free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_PATH": str(MODEL_DIR)}
+    # No load balancer watches these servers: stopping one need not wait out DRAIN_DELAY_S (5 s)
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_PATH": str(MODEL_DIR),
+           "DRAIN_DELAY_S": "0"}
     env.update(extra_env or {})
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
