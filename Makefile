@@ -15,9 +15,11 @@ PORT ?= 5000
 
 install: $(VENV)/.installed
 
+# --no-compile: pip would byte-compile all ~19,000 files of the venv (most never imported); Python
+# compiles what is imported, once, on first use.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PIP) install --quiet --disable-pip-version-check --no-compile -r requirements-dev.txt
 	touch $@
 
 model: $(MODEL_DIR)/config.json
@@ -43,7 +45,7 @@ clients: $(CLIENTS_VENV)/.installed
 
 $(CLIENTS_VENV)/.installed: requirements-clients.txt
 	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
-	$(CLIENTS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-clients.txt
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements-clients.txt
 	touch $@
 
 # Headless Chromium (OS package) for the chat page's browser test; says why when it cannot install it.
