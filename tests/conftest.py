@@ -1,13 +1,34 @@
-"""Shared fixtures: the real server (gunicorn, a free port, the embedded model)."""
+"""Shared fixtures: the real server (gunicorn, a free port, the embedded model); and how the suite
+is spread over pytest-xdist workers (tests/support/parallel.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.servers import MODEL_DIR, ServerProcess, start_server
+from tests.support import parallel
+from tests.support.servers import MODEL_DIR, ROOT, ServerProcess, start_server
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # an xdist worker, before anything imports torch
+    os.environ.setdefault("OMP_NUM_THREADS", str(parallel.threads_per_worker(
+        parallel.usable_cores(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return parallel.worker_count(parallel.usable_cores(), parallel.memory_bytes())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker: the modules in parallel.order (run with --no-loadscope-reorder, xdist
+    hands them out in this order); a module's own tests keep their order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    modules = {item: item.path.relative_to(ROOT).as_posix() for item in items}
+    rank = {name: i for i, name in enumerate(parallel.order(list(dict.fromkeys(modules.values()))))}
+    items.sort(key=lambda item: rank[modules[item]])
 
 
 @pytest.fixture(scope="session")

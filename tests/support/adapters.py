@@ -28,6 +28,8 @@ class Reference:
             self.model.load_adapter(str(adapters_dir / name), adapter_name=name)
         self.model.eval()
         self.merges: set[str] = set()
+        # greedy answers by (adapter, prompt, options): tests ask again for the same references
+        self._answers: dict[tuple[Any, ...], list[int]] = {}
 
     def merge(self, name: str, adapters: list[str], weights: list[float], combination: str,
               density: float | None = None, sign: str = "total") -> None:
@@ -40,6 +42,13 @@ class Reference:
 
     def generate(self, adapter: str | None, input_ids: list[int], eos: tuple[int, ...], pad: int,
                  **kw: Any) -> list[int]:
+        key = (adapter, tuple(input_ids), tuple(eos), pad, tuple(sorted(kw.items())))
+        if key not in self._answers:
+            self._answers[key] = self._generate(adapter, input_ids, eos, pad, **kw)
+        return list(self._answers[key])
+
+    def _generate(self, adapter: str | None, input_ids: list[int], eos: tuple[int, ...], pad: int,
+                  **kw: Any) -> list[int]:
         ids = torch.tensor([input_ids])
         kw = {"max_new_tokens": 12, "do_sample": False, "eos_token_id": list(eos), "pad_token_id": pad,
               "top_k": None, "top_p": None, "temperature": None, **kw}
