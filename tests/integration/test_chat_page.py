@@ -106,6 +106,8 @@ def test_asks_for_the_key_once_and_streams_paris(page: Page, keyed: ServerProces
     page.fill("#api-key", KEY)
     page.click("#key-save")
     page.wait_for_selector("#key-dialog", state="hidden")
+    # the page hides the dialog, then asks /v1/models again with the key: wait for that answer
+    page.wait_for_selector("#model-name:has-text('smollm2')")
     assert page.text_content("#model-name") == "smollm2-135m-instruct"
     assert page.evaluate("sessionStorage.getItem('inferbox.apiKey')") == KEY
 
