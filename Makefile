@@ -55,8 +55,9 @@ $(CLIENTS_VENV)/.installed: requirements-clients.txt
 browser:
 	tools/install_browser.sh
 
-# Spread over pytest-xdist workers: how many, their threads and which tests share a worker are
-# decided on this machine by tests/support/parallel.py (TEST_WORKERS=0: one process, in order).
+# Spread over pytest-xdist workers, each module whole on one: how many workers, their threads and
+# the modules' order are decided on this machine by tests/support/parallel.py (TEST_WORKERS=0: one
+# process, in order).
 TEST_WORKERS ?= auto
 test: install model embed-model clients browser
 	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)

@@ -22,13 +22,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On an xdist worker: the modules in parallel.order (run with --no-loadscope-reorder, xdist
-    hands them out in this order); a module's own tests keep their order."""
+    """On an xdist worker: the modules by parallel.position (run with --no-loadscope-reorder, xdist
+    hands them out in this order); the sort is stable, so a module's own tests keep their order."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    modules = {item: item.path.relative_to(ROOT).as_posix() for item in items}
-    rank = {name: i for i, name in enumerate(parallel.order(list(dict.fromkeys(modules.values()))))}
-    items.sort(key=lambda item: rank[modules[item]])
+    items.sort(key=lambda item: parallel.position(item.path.relative_to(ROOT).as_posix()))
 
 
 @pytest.fixture(scope="session")

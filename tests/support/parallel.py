@@ -6,7 +6,7 @@ hold their own), and at most `MAX_WORKERS` (each worker starts its own copy of a
 servers). The cores are then shared evenly: each worker, and every server it starts, gets
 `cores // workers` torch threads, so the workers never oversubscribe the machine.
 
-Each module runs whole on one worker (its module fixtures start once), the modules in `order`:
+Each module runs whole on one worker (its module fixtures start once), in `position` order:
 those with the longest tests first, so that the workers finish together. (xdist's `loadgroup`
 would also keep the tests of a shared session server on one worker, but it marks groups in a way
 this pytest no longer reads.)
@@ -53,7 +53,7 @@ def threads_per_worker(cores: int, workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-def order(modules: list[str]) -> list[str]:
-    """`modules` (paths from the repository root, in collection order) with FIRST's in front."""
-    rank = {name: i for i, name in enumerate(FIRST)}
-    return sorted(modules, key=lambda name: rank.get(name, len(rank)))
+def position(module: str) -> int:
+    """Where a module (its path from the repository root) goes: FIRST's in their order, then every
+    other module (a stable sort keeps those in collection order)."""
+    return FIRST.index(module) if module in FIRST else len(FIRST)
