@@ -47,13 +47,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=hf_token \
     python -m server.model.fetch --preset "${PRESET}" --out /workspace/weights
 
-FROM base AS runtime
+# On top of the dependencies' own layers: a `COPY --from=deps /opt/venv` would store the venv twice,
+# and every cached rebuild would hash all of it (tens of seconds) to find its layer.
+FROM deps AS runtime
 ARG PRESET
 RUN (getent group inferbox || groupadd --system --gid 10001 inferbox) \
     && (id inferbox || useradd --system --uid 10001 --gid inferbox --home-dir /workspace --shell /usr/sbin/nologin inferbox) \
     && mkdir -p /workspace/tfs \
     && ln -s /workspace/weights /workspace/tfs/weights
-COPY --from=deps /opt/venv /opt/venv
 COPY --from=weights /workspace/weights /workspace/weights
 # The code lives where Kaito's launch command expects it (`accelerate launch ... tfs/inference_api.py`).
 COPY inference_api.py /workspace/tfs/

@@ -11,6 +11,8 @@ windows of `--window` tokens):
 - weight memory as stored (quantized data and scales; embeddings and LM head stay float);
 - with `--speed-steps N`, decode speed (ms per step at batch 1 and 8, medians; read the ratios on
   a shared machine).
+Every row runs PyTorch's own linear (`CPU_LINEAR=torch`, `--speed-steps` too): rows differ in weights and
+dtype only, and no start-up kernel timing runs.
 Prints a table and writes JSON under bench/results/ (or `--out`).
 """
 
@@ -84,7 +86,8 @@ def measure(model_dir: str, quantizations: list[str], window: int = 512, max_tok
     for q, dtype in settings(quantizations, dtypes or ["float32"]):
         name, _, skip = q.partition(":")
         loaded = loader.load(Settings(model_path=model_dir, quantization=name, torch_dtype=dtype,
-                                      quantization_skip=tuple(filter(None, skip.split("+")))))
+                                      quantization_skip=tuple(filter(None, skip.split("+"))),
+                                      cpu_linear="torch"))
         ids = token_ids(loaded.tokenizer, max_tokens)
         nll, top1 = teacher_forced(loaded.model, ids, window)
         if ref_top1 is None:

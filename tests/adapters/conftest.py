@@ -12,18 +12,23 @@ import pytest
 from server.config import Settings
 from server.engine.engine import Engine
 from tests.support.adapters import Reference
-from tests.support.servers import MODEL_DIR
+from tests.support.servers import CPU_LINEAR, MODEL_DIR
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    return Settings(**{"model_path": str(MODEL_DIR), "torch_dtype": "float32", "device_map": "cpu",
+                       "cpu_linear": CPU_LINEAR, **overrides})
 
 
 @pytest.fixture
 def start_engine() -> Iterator[Callable[..., Engine]]:
-    """Start engines with the given settings (model on the CPU in float32); drained at the end.
+    """Start engines with the given settings (model on the CPU in float32, the tests' pinned
+    CPU_LINEAR); drained at the end.
     Kaito's strengths come as `adapter_strengths={name: value}` (load_settings reads them)."""
     engines: list[Engine] = []
 
     def start(**settings: Any) -> Engine:
-        engine = Engine(Settings(model_path=str(MODEL_DIR), torch_dtype="float32", device_map="cpu",
-                                 **settings))
+        engine = Engine(_settings(settings))
         engine.start(background=False)
         assert engine.loop is not None, engine.load_error
         engines.append(engine)
@@ -40,8 +45,7 @@ def start_engine_raw() -> Iterator[Callable[..., Engine]]:
     engines: list[Engine] = []
 
     def start(**settings: Any) -> Engine:
-        engine = Engine(Settings(model_path=str(MODEL_DIR), torch_dtype="float32", device_map="cpu",
-                                 **settings))
+        engine = Engine(_settings(settings))
         engine.start(background=False)
         engines.append(engine)
         return engine
