@@ -48,7 +48,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     python -m server.model.fetch --preset "${PRESET}" --out /workspace/weights
 
 # On top of the dependencies' own layers: a `COPY --from=deps /opt/venv` would store the venv twice,
-# and every cached rebuild would hash all of it (tens of seconds) to find its layer.
+# and every cached rebuild would hash all of it to find its layer (docs/architecture/decisions.md).
 FROM deps AS runtime
 ARG PRESET
 RUN (getent group inferbox || groupadd --system --gid 10001 inferbox) \

@@ -16,14 +16,10 @@ PORT ?= 5000
 install: $(VENV)/.installed
 
 # --no-compile: pip would byte-compile all ~19,000 files of the venv (most never imported); Python
-# compiles what is imported, once, on first use. optimum-quanto compiles its C++ CPU kernels (int4)
-# into the venv on first use, which takes a minute or more: that happens here, once, rather than
-# inside the first QUANTIZATION=int4 start-up (or test). Without a C++ compiler it is left for later.
+# compiles what is imported, once, on first use.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check --no-compile -r requirements-dev.txt
-	$(PY) -c "from optimum.quanto.library.extensions import get_extension; get_extension('quanto_cpp').lib" \
-		|| echo "note: optimum-quanto's C++ kernels were not built now; QUANTIZATION=int4 builds them on first use"
 	touch $@
 
 model: $(MODEL_DIR)/config.json

@@ -3,9 +3,9 @@
 # serves /chat. Installs buildah and debootstrap itself; builds FROM a Debian base made with
 # debootstrap (cached in /var/cache/inferbox); runs the image with `buildah run`; asks the
 # capital-of-France question and expects "Paris"; mounts one real LoRA adapter at Kaito's
-# /mnt/adapter, sees `Adapter added` and gets an answer from it. Then builds the embedding preset
-# (PRESET=all-minilm-l6-v2: the same cached dependencies layer, only the weights differ) and expects
-# a 384-number vector from /embed. Every container and process it starts is removed.
+# /mnt/adapter, sees `Adapter added` and gets an answer from it; serves QUANTIZATION=int4. Then
+# builds the embedding preset (PRESET=all-minilm-l6-v2: the same cached dependencies layer, only the
+# weights differ) and expects a 384-number vector from /embed. Every container and process it starts is removed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${IMAGE_TAG:-localhost/inferbox:image-test}
@@ -156,6 +156,16 @@ fi
 curl -fsS "http://127.0.0.1:$port/v1/models" | grep -q '"imglora"' || { log "FAILED: /v1/models lacks imglora"; exit 1; }
 stop_server
 log "adapter: Adapter added, Model loaded successfully, an answer of its own, listed in /v1/models"
+
+# 2c. QUANTIZATION=int4 on the CPU, as the image's user: nothing is compiled at run time (the image
+# has no compiler and its venv is read-only to that user), and it answers.
+run_args=(--env QUANTIZATION=int4)
+serve "int4" "$entrypoint"
+run_args=()
+int4_answer=$(ask base)
+stop_server
+grep -q '"Result"' <<<"$int4_answer" || { log "FAILED: QUANTIZATION=int4 gave no Result: $int4_answer"; exit 1; }
+log "int4: answer: $int4_answer"
 
 # 3. The embedding preset: same dependencies layer, its own weights; /embed answers one vector.
 build "$EMBED_TAG" --build-arg PRESET=all-minilm-l6-v2

@@ -201,6 +201,8 @@ def load(s: Settings, ranks: Ranks = SINGLE) -> LoadedModel:
                      "stay in full precision", len(ungroupable), quantize.INT8_GROUP)
         skip = (*skip, *ungroupable)
     qconfig = quantize.quantization_config(s.quantization, skip)
+    if s.quantization == "int4":
+        quantize.use_pytorch_unpack()
     if qconfig is not None:
         common["quantization_config"] = qconfig
     try:

@@ -5,7 +5,8 @@ planner uses the same quantizers):
 - `int8`: torchao's int8 weight-only, symmetric, one scale per group of `INT8_GROUP` weights along
   the input (the layout of GGUF's Q8_0, which uses groups of 32): per output row, as quanto's qint8
   does it, one outlier weight coarsens its whole row (measured: docs/architecture/decisions.md).
-- `int4` and `fp8`: optimum-quanto (`QuantoConfig`; int4 in groups of 128).
+- `int4` and `fp8`: optimum-quanto (`QuantoConfig`; int4 in groups of 128). On the CPU, int4
+  weights are unpacked by `unpack_int4` (see `use_pytorch_unpack`).
 The embeddings and the LM head stay in the model's dtype (both libraries' default): they are a
 small share of a large model's weights and the LM head decides every token.
 
@@ -14,8 +15,10 @@ Whatever cannot be served is refused before loading, with the reason (`check`), 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +115,31 @@ def quantization_config(quantization: str, skip: tuple[str, ...] = ()) -> Any | 
 
     extra = {"modules_to_not_convert": list(keep)} if skip else {}
     return QuantoConfig(weights=QUANTO_WEIGHTS[quantization], **extra)
+
+
+def unpack_int4(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """quanto's packed weights (`8 // bits` values per byte, the lowest bits first) as one uint8 per
+    value: the value at each bit position becomes a block along the first dimension, in quanto's
+    layout (`quanto::unpack`)."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device).view(-1, *[1] * packed.dim())
+    return ((packed.unsqueeze(0) >> shifts) & (2**bits - 1)).flatten(0, 1)
+
+
+@functools.cache
+def use_pytorch_unpack() -> torch.library.Library:
+    """Serve quanto's `unpack` on the CPU with `unpack_int4` instead of quanto's C++ extension.
+
+    quanto compiles that extension on first use: about a minute, and only where a C++ compiler,
+    ninja, Python's headers and a writable venv exist (the image has none of them). Its unpacking
+    is no faster than these PyTorch operations (docs/architecture/decisions.md). The registration
+    lives as long as the returned library object, which the cache keeps."""
+    import optimum.quanto  # noqa: F401  (defines quanto::unpack and registers the C++ kernel)
+
+    library = torch.library.Library("quanto", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Overriding a previously registered kernel"
+        library.impl("unpack", unpack_int4, "CPU")
+    return library
 
 
 def empty_model(path: str, *, trust_remote_code: bool = False) -> nn.Module:

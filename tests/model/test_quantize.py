@@ -106,6 +106,25 @@ def test_load_quantized_tiny_model(tiny: Path, q: str) -> None:
     assert (logits_q - logits).abs().max() < 0.5 * logits.abs().max()  # close, not equal
 
 
+def test_int4_unpacks_in_pytorch_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """quanto's C++ extension is never compiled: on the CPU its `unpack` op is `unpack_int4`, which
+    reads quanto's own packing back exactly (2 and 4 bits; row counts that do and do not fill a
+    byte)."""
+    from optimum.quanto.library.extensions import extension
+    from optimum.quanto.tensor.packed import PackedTensor
+
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise AssertionError("quanto compiled its C++ extension")
+
+    monkeypatch.setattr(extension, "load", no_compiler)
+    quantize.use_pytorch_unpack()
+    generator = torch.Generator().manual_seed(0)
+    for bits in (2, 4):
+        for rows in (7, 8):
+            t = torch.randint(0, 2**bits, (rows, 5), dtype=torch.uint8, generator=generator)
+            assert torch.equal(PackedTensor.pack(t, bits).unpack(), t)
+
+
 @pytest.mark.model
 def test_model_without_linear_layers_is_refused(tmp_path: Path) -> None:
     """GPT-2 keeps its projections in Conv1D, which torchao does not quantize: refused, not ignored."""
