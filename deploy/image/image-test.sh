@@ -5,7 +5,8 @@
 # capital-of-France question and expects "Paris"; mounts one real LoRA adapter at Kaito's
 # /mnt/adapter, sees `Adapter added` and gets an answer from it; serves QUANTIZATION=int4. Then
 # builds the embedding preset (PRESET=all-minilm-l6-v2: the same cached dependencies layer, only the
-# weights differ) and expects a 384-number vector from /embed. Every container and process it starts is removed.
+# weights differ) and expects a 384-number vector from /embed. Every container and process it
+# starts is removed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${IMAGE_TAG:-localhost/inferbox:image-test}

@@ -6,7 +6,7 @@ planner uses the same quantizers):
   the input (the layout of GGUF's Q8_0, which uses groups of 32): per output row, as quanto's qint8
   does it, one outlier weight coarsens its whole row (measured: docs/architecture/decisions.md).
 - `int4` and `fp8`: optimum-quanto (`QuantoConfig`; int4 in groups of 128). On the CPU, int4
-  weights are unpacked by `unpack_int4` (see `use_pytorch_unpack`).
+  weights are unpacked by `unpack_bits` (see `use_pytorch_unpack`).
 The embeddings and the LM head stay in the model's dtype (both libraries' default): they are a
 small share of a large model's weights and the LM head decides every token.
 
@@ -117,7 +117,7 @@ def quantization_config(quantization: str, skip: tuple[str, ...] = ()) -> Any | 
     return QuantoConfig(weights=QUANTO_WEIGHTS[quantization], **extra)
 
 
-def unpack_int4(packed: torch.Tensor, bits: int) -> torch.Tensor:
+def unpack_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """quanto's packed weights (`8 // bits` values per byte, the lowest bits first) as one uint8 per
     value: the value at each bit position becomes a block along the first dimension, in quanto's
     layout (`quanto::unpack`)."""
@@ -127,7 +127,7 @@ def unpack_int4(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 @functools.cache
 def use_pytorch_unpack() -> torch.library.Library:
-    """Serve quanto's `unpack` on the CPU with `unpack_int4` instead of quanto's C++ extension.
+    """Serve quanto's `unpack` on the CPU with `unpack_bits` instead of quanto's C++ extension.
 
     quanto compiles that extension on first use: about a minute, and only where a C++ compiler,
     ninja, Python's headers and a writable venv exist (the image has none of them). Its unpacking
@@ -138,7 +138,7 @@ def use_pytorch_unpack() -> torch.library.Library:
     library = torch.library.Library("quanto", "IMPL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "Overriding a previously registered kernel"
-        library.impl("unpack", unpack_int4, "CPU")
+        library.impl("unpack", unpack_bits, "CPU")
     return library
 
 

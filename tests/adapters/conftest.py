@@ -9,15 +9,9 @@ from typing import Any
 
 import pytest
 
-from server.config import Settings
 from server.engine.engine import Engine
 from tests.support.adapters import Reference
-from tests.support.servers import CPU_LINEAR, MODEL_DIR
-
-
-def _settings(overrides: dict[str, Any]) -> Settings:
-    return Settings(**{"model_path": str(MODEL_DIR), "torch_dtype": "float32", "device_map": "cpu",
-                       "cpu_linear": CPU_LINEAR, **overrides})
+from tests.support.engine import embedded_settings
 
 
 @pytest.fixture
@@ -28,7 +22,7 @@ def start_engine() -> Iterator[Callable[..., Engine]]:
     engines: list[Engine] = []
 
     def start(**settings: Any) -> Engine:
-        engine = Engine(_settings(settings))
+        engine = Engine(embedded_settings(**settings))
         engine.start(background=False)
         assert engine.loop is not None, engine.load_error
         engines.append(engine)
@@ -45,7 +39,7 @@ def start_engine_raw() -> Iterator[Callable[..., Engine]]:
     engines: list[Engine] = []
 
     def start(**settings: Any) -> Engine:
-        engine = Engine(_settings(settings))
+        engine = Engine(embedded_settings(**settings))
         engine.start(background=False)
         engines.append(engine)
         return engine

@@ -41,12 +41,10 @@ def roots(tmp_path_factory: pytest.TempPathFactory, adapters_dir: Path,
 
 @pytest.fixture(scope="module")
 def engine(roots: dict[str, Path]):
-    from server.config import Settings
     from server.engine.engine import Engine
-    from tests.support.servers import MODEL_DIR
+    from tests.support.engine import embedded_settings
 
-    e = Engine(Settings(model_path=str(MODEL_DIR), torch_dtype="float32", device_map="cpu",
-                        adapters_dir=str(roots["mnt"]), adapter_roots=(str(roots["extra"]),)))
+    e = Engine(embedded_settings(adapters_dir=str(roots["mnt"]), adapter_roots=(str(roots["extra"]),)))
     e.start(background=False)
     yield e
     e.drain(30)

@@ -6,20 +6,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from server.config import Settings
 from server.engine.loop import EngineLoop
 from server.engine.request import GenerationRequest
 from server.model import loader
-from tests.support.engine import build_loop
-from tests.support.servers import CPU_LINEAR, MODEL_DIR
+from tests.support.engine import build_loop, embedded_settings
+from tests.support.servers import MODEL_DIR
 
 
 @pytest.fixture(scope="session")
 def loaded() -> loader.LoadedModel:
     if not (MODEL_DIR / "config.json").is_file():
         pytest.fail(f"{MODEL_DIR} is missing: run `make model` (make test does)")
-    return loader.load(Settings(model_path=str(MODEL_DIR), torch_dtype="float32", device_map="cpu",
-                                cpu_linear=CPU_LINEAR))
+    return loader.load(embedded_settings())
 
 
 @pytest.fixture

@@ -10,17 +10,16 @@ import time
 import pytest
 
 from server.app import create_app
-from server.config import Settings
 from server.engine.engine import Engine
-from tests.support.servers import CPU_LINEAR, MODEL_DIR
+from tests.support.engine import embedded_settings
+from tests.support.servers import MODEL_DIR
 
 pytestmark = [pytest.mark.model,
               pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="run `make model`")]
 
 
 def _app(**overrides):
-    settings = Settings(**{"model_path": str(MODEL_DIR), "torch_dtype": "float32", "device_map": "cpu",
-                           "cpu_linear": CPU_LINEAR, **overrides})
+    settings = embedded_settings(**overrides)
     engine = Engine(settings)
     app = create_app(settings, engine=engine)
     assert engine.wait_ready(180), engine.load_error

@@ -107,7 +107,7 @@ def test_load_quantized_tiny_model(tiny: Path, q: str) -> None:
 
 
 def test_int4_unpacks_in_pytorch_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
-    """quanto's C++ extension is never compiled: on the CPU its `unpack` op is `unpack_int4`, which
+    """quanto's C++ extension is never compiled: on the CPU its `unpack` op is `unpack_bits`, which
     reads quanto's own packing back exactly (2 and 4 bits; row counts that do and do not fill a
     byte)."""
     from optimum.quanto.library.extensions import extension

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from server.config import Settings
 from server.engine.constraint_mask import MaskApplier
 from server.engine.loop import EngineLoop
 from server.engine.policy import Policy, PolicyLimits
@@ -11,6 +14,14 @@ from server.engine.request import GenerationParams, GenerationRequest
 from server.engine.runner import ModelRunner
 from server.engine.stops import StopChecker
 from server.model import loader
+from tests.support.servers import CPU_LINEAR, MODEL_DIR
+
+
+def embedded_settings(**overrides: Any) -> Settings:
+    """The in-process engines' settings: the embedded model in float32 on the CPU, with the tests'
+    pinned CPU kernel (`CPU_LINEAR`), then `overrides`."""
+    return Settings(**{"model_path": str(MODEL_DIR), "torch_dtype": "float32", "device_map": "cpu",
+                       "cpu_linear": CPU_LINEAR, **overrides})
 
 
 def build_loop(loaded: loader.LoadedModel, window_s: float = 0.005, batching: bool | None = None,
